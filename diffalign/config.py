@@ -1,0 +1,319 @@
+"""Typed run configuration: dataclasses, YAML loading, ``key=value`` overrides, validation.
+
+Every option is declared once here with its default and a one-line ``help``. A config file is
+YAML whose nesting mirrors the dataclasses (``train: {beta: 5000}``); overrides use dotted keys
+(``train.beta=2500``) and YAML scalars (``true``, ``1e-5``, ``[a, b]``). Unknown keys, wrong types
+and values outside their choices raise :class:`ConfigError` naming the dotted key, before any
+model is loaded.
+
+Conventions (logged with each run, see :func:`conventions`):
+
+- ``train.beta`` is in the Diffusion-DPO authors' convention: per-sample errors are the **mean**
+  over latent elements (C, H, W), and the DPO logit is ``-0.5 * beta * (model diff - ref diff)``.
+  5000 is the authors' value for SD1.5 and SDXL. With a **sum** over latent elements, the same
+  beta would be C*H*W times larger (16384 for 4x64x64 latents).
+- Images enter the VAE as float tensors in [-1, 1]; latents are the VAE posterior **mean** times
+  the VAE scaling factor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+def _opt(default: Any, help: str, choices: tuple | None = None) -> Any:
+    metadata = {"help": help, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class ModelConfig:
+    pretrained: str = _opt("", "Hub id or local folder of a diffusers SD 1.x/2.x or SDXL pipeline.")
+    revision: str | None = _opt(None, "Hub revision (branch, tag or commit) of `pretrained`.")
+    variant: str | None = _opt(None, "Weight variant to load, e.g. 'fp16'.")
+    vae: str | None = _opt(None, "Separate VAE (Hub id or folder), e.g. madebyollin/sdxl-vae-fp16-fix.")
+    attention: str = _opt("auto", "Attention backend: xformers only where it can run, else SDPA.",
+                          ("auto", "sdpa", "xformers"))
+    gradient_checkpointing: bool = _opt(False, "Recompute UNet activations in backward to save memory.")
+    mixed_precision: str = _opt("no", "Autocast precision; trainable parameters stay float32.",
+                                ("no", "fp16", "bf16"))
+    vae_dtype: str = _opt("float32", "VAE precision ('weight' = same as frozen weights). float32 avoids SDXL VAE NaNs.",
+                          ("float32", "float16", "bfloat16", "weight"))
+    prediction_type: str | None = _opt(None, "Override the scheduler's prediction type.",
+                                       (None, "epsilon", "v_prediction"))
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = _opt(True, "Train LoRA adapters (reference = adapters disabled); false = full fine-tune.")
+    rank: int = _opt(8, "LoRA rank r.")
+    alpha: float | None = _opt(None, "LoRA alpha (scale = alpha / rank); default: equal to rank.")
+    dropout: float = _opt(0.0, "Dropout on the LoRA branch input.")
+    target_modules: list[str] = _opt(["to_q", "to_k", "to_v", "to_out.0"],
+                                     "UNet module names that get adapters.")
+
+
+@dataclass
+class DataConfig:
+    format: str = _opt("pickapic", "Pairwise data schema.", ("pickapic", "jsonl"))
+    path: str = _opt("", "pickapic: Hub name, parquet file/folder; jsonl: the .jsonl file.")
+    split: str = _opt("train", "Split to train on (pickapic).")
+    streaming: bool = _opt(False, "Stream the dataset instead of downloading it (pickapic).")
+    max_pairs: int | None = _opt(None, "Use at most this many pairs (after dropping ties).")
+    resolution: int = _opt(512, "Training resolution in pixels (square).")
+    center_crop: bool = _opt(True, "Center crop; false = random crop (same crop for both images of a pair).")
+    random_flip: bool = _opt(False, "Horizontal flip with p=0.5, the same for both images of a pair.")
+    prompt_dropout: float = _opt(0.0, "Probability of training a pair with the empty prompt (paper: 0.2 for SD1.5).")
+    num_workers: int = _opt(0, "DataLoader worker processes.")
+
+
+@dataclass
+class CacheConfig:
+    enabled: bool = _opt(False, "Pre-compute VAE latents and text embeddings once, then train from disk.")
+    dir: str = _opt(".diffalign-cache", "Cache root; each model+data+preprocessing gets its own key folder.")
+    dtype: str = _opt("float16", "Storage dtype of cached tensors.", ("float16", "bfloat16", "float32"))
+    batch_size: int = _opt(8, "Pairs per VAE / text-encoder batch while building the cache.")
+    shard_size: int = _opt(1024, "Pairs per cache shard file.")
+
+
+@dataclass
+class TrainConfig:
+    objective: str = _opt("dpo", "dpo = Diffusion-DPO; sft = supervised fine-tuning on winners only.", ("dpo", "sft"))
+    beta: float = _opt(5000.0, "DPO beta, authors' convention (mean over latent elements, -0.5*beta).")
+    batch_size: int = _opt(1, "Pairs per device per micro-step.")
+    gradient_accumulation_steps: int = _opt(1, "Micro-steps per optimizer step (ignored if total_batch_size is set).")
+    total_batch_size: int | None = _opt(None, "Pairs per optimizer step over all devices; derives gradient accumulation.")
+    max_steps: int = _opt(2000, "Optimizer steps.")
+    learning_rate: float = _opt(1e-5, "Peak learning rate (before scale_lr).")
+    scale_lr: bool = _opt(False, "Multiply learning_rate by the total batch size (paper: 1e-8 x 2048).")
+    lr_scheduler: str = _opt("constant_with_warmup", "diffusers lr schedule.",
+                             ("constant", "constant_with_warmup", "linear", "cosine"))
+    warmup_steps: int = _opt(0, "Linear warmup steps.")
+    optimizer: str = _opt("adamw", "adamw (torch), adafactor (transformers, relative_step off), adamw8bit (bitsandbytes).",
+                          ("adamw", "adafactor", "adamw8bit"))
+    adam_beta1: float = _opt(0.9, "AdamW beta1.")
+    adam_beta2: float = _opt(0.999, "AdamW beta2.")
+    adam_epsilon: float = _opt(1e-8, "AdamW epsilon.")
+    weight_decay: float = _opt(1e-2, "Weight decay.")
+    max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 = off).")
+    seed: int = _opt(0, "Seed for initialisation, data order, noise and timesteps.")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = _opt(500, "Save a resumable checkpoint every N optimizer steps (0 = only at the end).")
+    keep_last: int = _opt(3, "Keep the newest M checkpoints.")
+    resume_from: str | None = _opt(None, "'latest' or a checkpoint folder to resume from.")
+
+
+@dataclass
+class LoggingConfig:
+    tracker: str = _opt("tensorboard", "Metrics tracker.", ("tensorboard", "wandb", "none"))
+    every: int = _opt(10, "Log metrics every N optimizer steps.")
+    project: str = _opt("diffalign", "Tracker project name.")
+
+
+@dataclass
+class ValidationConfig:
+    prompts: list[str] = _opt([], "Fixed prompts rendered with fixed seeds to watch training.")
+    seeds: list[int] = _opt([0], "One image per prompt and seed.")
+    every: int = _opt(0, "Render every N optimizer steps (0 = only at the end, if prompts are set).")
+    num_inference_steps: int = _opt(25, "Sampler steps for validation images.")
+    guidance_scale: float = _opt(5.0, "Classifier-free guidance for validation images.")
+
+
+@dataclass
+class DPORunConfig:
+    """A Diffusion-DPO (or SFT baseline) training run."""
+
+    output_dir: str = _opt("outputs/dpo", "Where checkpoints, the final weights, logs and the model card go.")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+    def validate(self, num_processes: int = 1) -> None:
+        """Cross-field checks; raises ConfigError. Called by :func:`load_config`."""
+        if not self.model.pretrained:
+            raise ConfigError("model.pretrained is required: a Hub id or a local diffusers pipeline folder.")
+        if not self.data.path:
+            raise ConfigError("data.path is required: a dataset name, parquet path or JSONL file.")
+        positive = {"train.batch_size": self.train.batch_size, "train.max_steps": self.train.max_steps,
+                    "train.gradient_accumulation_steps": self.train.gradient_accumulation_steps,
+                    "data.resolution": self.data.resolution, "lora.rank": self.lora.rank,
+                    "cache.batch_size": self.cache.batch_size, "cache.shard_size": self.cache.shard_size,
+                    "checkpoint.keep_last": self.checkpoint.keep_last, "logging.every": self.logging.every}
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{key} must be > 0, got {value}.")
+        non_negative = {"train.learning_rate": self.train.learning_rate, "train.warmup_steps": self.train.warmup_steps,
+                        "train.max_grad_norm": self.train.max_grad_norm, "checkpoint.every": self.checkpoint.every,
+                        "validation.every": self.validation.every, "data.num_workers": self.data.num_workers}
+        for key, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"{key} must be >= 0, got {value}.")
+        if self.train.objective == "dpo" and self.train.beta <= 0:
+            raise ConfigError(f"train.beta must be > 0 for DPO, got {self.train.beta}.")
+        if not 0.0 <= self.data.prompt_dropout < 1.0:
+            raise ConfigError(f"data.prompt_dropout must be in [0, 1), got {self.data.prompt_dropout}.")
+        if self.data.resolution % 8:
+            raise ConfigError(f"data.resolution must be a multiple of 8 (VAE factor), got {self.data.resolution}.")
+        if self.cache.enabled and (not self.data.center_crop or self.data.random_flip):
+            raise ConfigError("cache.enabled needs deterministic preprocessing: set data.center_crop=true and "
+                              "data.random_flip=false (cached latents are computed once).")
+        if self.cache.enabled and self.data.streaming:
+            raise ConfigError("cache.enabled cannot be combined with data.streaming=true.")
+        self.gradient_accumulation(num_processes)
+
+    def gradient_accumulation(self, num_processes: int = 1) -> int:
+        """Micro-steps per optimizer step: derived from total_batch_size when it is set."""
+        total = self.train.total_batch_size
+        if total is None:
+            return self.train.gradient_accumulation_steps
+        per_micro_step = self.train.batch_size * num_processes
+        if total <= 0 or total % per_micro_step:
+            raise ConfigError(
+                f"train.total_batch_size={total} is not divisible by train.batch_size x processes = "
+                f"{self.train.batch_size} x {num_processes} = {per_micro_step}.")
+        return total // per_micro_step
+
+
+def type_name(hint: Any) -> str:
+    """Readable name of a type hint: 'float', 'int | None', 'list[str]'."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else type_name(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"list[{type_name(typing.get_args(hint)[0])}]"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against the type hint ``hint``; ints are accepted where floats are expected."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {type_name(hint)}, got {value!r} ({type(value).__name__}).")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__}).")
+        (item_hint,) = typing.get_args(hint)
+        return [_coerce(item, item_hint, f"{key}[{i}]") for i, item in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-5 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r} ({type(value).__name__}).")
+    if hint is int and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}.")
+    if not isinstance(value, hint):
+        raise ConfigError(f"{key}: expected {type_name(hint)}, got {value!r} ({type(value).__name__}).")
+    return value
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, checking keys, types and choices."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), list(fields), n=1)
+        hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+        raise ConfigError(f"Unknown config key '{prefix}{key}'.{hint} Valid keys here: {', '.join(fields)}.")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_dict(hint, value or {}, prefix=f"{key}.")
+            continue
+        value = _coerce(value, hint, key)
+        choices = fields[name].metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}.")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML scalars) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"Override {item!r} must look like key=value, e.g. train.beta=5000.")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"Override {item!r}: '{part}' is not a section.")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None,
+                cls: type = DPORunConfig, num_processes: int = 1) -> Any:
+    """Read a YAML config, apply overrides, build and validate the typed config."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    data = apply_overrides(data, overrides or [])
+    config = from_dict(cls, data)
+    config.validate(num_processes=num_processes)
+    return config
+
+
+def to_dict(config: Any) -> dict:
+    """The config as a plain nested dict (for YAML dumps and trackers)."""
+    return dataclasses.asdict(config)
+
+
+def conventions(config: DPORunConfig) -> dict[str, str]:
+    """The numeric conventions of a run, logged at start and written into the model card."""
+    return {
+        "beta": f"{config.train.beta} (Diffusion-DPO authors' scale: logit = -0.5*beta*(model diff - ref diff))",
+        "error_reduction": "per-sample MSE = mean over latent C,H,W (not sum)",
+        "loss_reduction": "-logsigmoid per pair, then mean over pairs",
+        "image_range": "VAE input in [-1, 1]; latents = posterior mean * scaling_factor",
+        "timesteps": "uniform over the scheduler's training timesteps, shared by the two images of a pair",
+        "noise": "one Gaussian noise tensor shared by the two images of a pair",
+    }

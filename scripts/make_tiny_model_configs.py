@@ -1,0 +1,151 @@
+"""Write the configuration folders of the tiny SD and SDXL-architecture pipelines in assets/models/.
+
+The folders hold configs and tokenizer files only, no weights: ``diffalign.tiny.build_random_pipeline``
+instantiates them with seeded random weights and saves a complete diffusers pipeline folder that
+``StableDiffusionPipeline.from_pretrained`` / ``StableDiffusionXLPipeline.from_pretrained`` load.
+Both pipelines work at 64x64 pixels (8x8x4 latents, VAE factor 8 as in SD) and use a character-level
+CLIP tokenizer (printable ASCII, no merges).
+
+    python scripts/make_tiny_model_configs.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+SCHEDULER = {
+    "_class_name": "DDIMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "prediction_type": "epsilon",
+}
+
+VAE = {
+    "_class_name": "AutoencoderKL",
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [16, 32, 32, 32],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 8,
+    "sample_size": 64,
+    "scaling_factor": 0.18215,
+}
+
+
+def text_encoder(hidden: int, projection: bool) -> dict:
+    return {
+        "architectures": ["CLIPTextModelWithProjection" if projection else "CLIPTextModel"],
+        "model_type": "clip_text_model",
+        "vocab_size": 190,
+        "hidden_size": hidden,
+        "intermediate_size": 4 * hidden,
+        "projection_dim": hidden,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 77,
+        "hidden_act": "quick_gelu" if not projection else "gelu",
+        "bos_token_id": 188,
+        "eos_token_id": 189,
+        "pad_token_id": 189,
+    }
+
+
+def unet(sdxl: bool) -> dict:
+    config = {
+        "_class_name": "UNet2DConditionModel",
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "layers_per_block": 1,
+        "block_out_channels": [32, 64],
+        "norm_num_groups": 8,
+    }
+    if sdxl:
+        config.update({
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+            "transformer_layers_per_block": [1, 2],
+            "attention_head_dim": [2, 4],
+            "use_linear_projection": True,
+            "cross_attention_dim": 64,
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 8,
+            "projection_class_embeddings_input_dim": 32 + 6 * 8,
+        })
+    else:
+        config.update({
+            "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+            "attention_head_dim": 4,
+            "cross_attention_dim": 32,
+        })
+    return config
+
+
+def write_tokenizer(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = [chr(code) for code in range(33, 127)]
+    vocab = {token: i for i, token in enumerate(chars + [c + "</w>" for c in chars])}
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}, indent=2))
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def write_pipeline(folder: Path, sdxl: bool) -> None:
+    index = {
+        "_class_name": "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline",
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    if sdxl:
+        index.update({"text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+                      "tokenizer_2": ["transformers", "CLIPTokenizer"], "force_zeros_for_empty_prompt": True})
+    else:
+        index.update({"safety_checker": [None, None], "feature_extractor": [None, None],
+                      "requires_safety_checker": False})
+    write_json(folder / "model_index.json", index)
+    write_json(folder / "scheduler" / "scheduler_config.json", SCHEDULER)
+    write_json(folder / "vae" / "config.json", VAE)
+    write_json(folder / "unet" / "config.json", unet(sdxl))
+    write_json(folder / "text_encoder" / "config.json", text_encoder(32, projection=False))
+    write_tokenizer(folder / "tokenizer")
+    if sdxl:
+        write_json(folder / "text_encoder_2" / "config.json", text_encoder(32, projection=True))
+        write_tokenizer(folder / "tokenizer_2")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "assets" / "models"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    write_pipeline(out / "tiny-sd", sdxl=False)
+    write_pipeline(out / "tiny-sdxl", sdxl=True)
+    print(f"wrote {out / 'tiny-sd'} and {out / 'tiny-sdxl'}")
+
+
+if __name__ == "__main__":
+    main()
