@@ -111,9 +111,9 @@ def _run(args) -> int:
         print("| key | type | default | description |\n| --- | --- | --- | --- |")
         print("\n".join(reference_text()))
     elif args.command == "tiny-model":
-        from diffalign.tiny import build_random_pipeline, tiny_config_dir
+        from diffalign.tiny import build_random_pipeline, pipeline_config_dir
 
-        path = build_random_pipeline(tiny_config_dir("tiny-sdxl" if args.sdxl else "tiny-sd"), args.out, args.seed)
+        path = build_random_pipeline(pipeline_config_dir("tiny-sdxl" if args.sdxl else "tiny-sd"), args.out, args.seed)
         print(f"wrote {path}")
     return 0
 

@@ -21,7 +21,7 @@ from diffusers import StableDiffusionPipeline
 
 from diffalign.config import load_config
 from diffalign.paths import asset
-from diffalign.tiny import build_random_pipeline, tiny_config_dir
+from diffalign.tiny import build_random_pipeline, pipeline_config_dir
 from diffalign.training import train_dpo
 from diffalign.training.outputs import image_grid
 
@@ -39,7 +39,7 @@ def run_demo(out: str | Path, steps: int = 60, overrides: list[str] | None = Non
     out = Path(out).resolve()
     base = out / "base-model"
     if not (base / "model_index.json").is_file():
-        build_random_pipeline(tiny_config_dir("tiny-sd"), base, seed=0)
+        build_random_pipeline(pipeline_config_dir("tiny-sd"), base, seed=0)
     run_dir = out / "dpo"
     shutil.rmtree(run_dir, ignore_errors=True)
     config = load_config(asset("configs", "tiny-dpo.yaml"), [

@@ -25,15 +25,17 @@ _MODELS = {
 }
 
 
-def tiny_config_dir(name: str = "tiny-sd") -> Path:
-    """Config folder of a shipped tiny pipeline: 'tiny-sd' or 'tiny-sdxl'."""
+def pipeline_config_dir(name: str = "tiny-sd") -> Path:
+    """Config folder of a shipped pipeline: 'tiny-sd', 'tiny-sdxl', 'sd15-arch' or 'sdxl-arch'."""
     return asset("models", name)
 
 
-def build_random_pipeline(config_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
+def build_random_pipeline(config_dir: str | Path, out_dir: str | Path, seed: int = 0,
+                          dtype: torch.dtype = torch.float32, device: str = "cpu") -> Path:
     """Instantiate every model of a pipeline config folder with seeded random weights and save it.
 
-    Tokenizer and scheduler folders are copied; models are saved with ``save_pretrained``.
+    Tokenizer and scheduler folders are copied; models are saved with ``save_pretrained`` in
+    ``dtype`` (initialised on ``device``: 'cuda' makes full-size SDXL quick to build).
     Returns ``out_dir``, loadable with ``DiffusionPipeline.from_pretrained(out_dir)``.
     """
     config_dir, out_dir = Path(config_dir), Path(out_dir)
@@ -45,7 +47,10 @@ def build_random_pipeline(config_dir: str | Path, out_dir: str | Path, seed: int
             continue
         class_name = spec[1]
         if class_name in _MODELS:
-            _MODELS[class_name](config_dir / name).save_pretrained(out_dir / name, safe_serialization=True)
+            with torch.device(device):
+                model = _MODELS[class_name](config_dir / name)
+            model.to(dtype=dtype).save_pretrained(out_dir / name, safe_serialization=True)
+            del model
         else:
             shutil.copytree(config_dir / name, out_dir / name, dirs_exist_ok=True)
     shutil.copy(config_dir / "model_index.json", out_dir / "model_index.json")

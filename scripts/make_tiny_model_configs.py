@@ -1,10 +1,13 @@
-"""Write the configuration folders of the tiny SD and SDXL-architecture pipelines in assets/models/.
+"""Write the configuration folders of the pipelines in assets/models/ (configs only, no weights).
 
-The folders hold configs and tokenizer files only, no weights: ``diffalign.tiny.build_random_pipeline``
-instantiates them with seeded random weights and saves a complete diffusers pipeline folder that
-``StableDiffusionPipeline.from_pretrained`` / ``StableDiffusionXLPipeline.from_pretrained`` load.
-Both pipelines work at 64x64 pixels (8x8x4 latents, VAE factor 8 as in SD) and use a character-level
-CLIP tokenizer (printable ASCII, no merges).
+- ``tiny-sd``, ``tiny-sdxl``: tiny SD / SDXL-architecture pipelines at 64x64 pixels (8x8x4 latents,
+  VAE factor 8 as in SD), for the demo, the tests and CPU benchmarks.
+- ``sd15-arch``, ``sdxl-arch``: the real SD 1.5 and SDXL base architectures (UNet, VAE and text
+  encoder sizes from the published configs), for GPU memory/throughput benchmarks with random weights.
+
+``diffalign.tiny.build_random_pipeline`` instantiates a folder with seeded random weights. All use a
+character-level CLIP tokenizer (printable ASCII, no merges, 77 tokens) as an offline stand-in for the
+CLIP BPE tokenizer; sequence length and model sizes match the real models.
 
     python scripts/make_tiny_model_configs.py
 """
@@ -43,7 +46,7 @@ VAE = {
 }
 
 
-def text_encoder(hidden: int, projection: bool) -> dict:
+def text_encoder(hidden: int, projection: bool, layers: int = 2, heads: int = 4) -> dict:
     return {
         "architectures": ["CLIPTextModelWithProjection" if projection else "CLIPTextModel"],
         "model_type": "clip_text_model",
@@ -51,8 +54,8 @@ def text_encoder(hidden: int, projection: bool) -> dict:
         "hidden_size": hidden,
         "intermediate_size": 4 * hidden,
         "projection_dim": hidden,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
         "max_position_embeddings": 77,
         "hidden_act": "quick_gelu" if not projection else "gelu",
         "bos_token_id": 188,
@@ -93,6 +96,27 @@ def unet(sdxl: bool) -> dict:
     return config
 
 
+SD15_UNET = {
+    "_class_name": "UNet2DConditionModel", "sample_size": 64, "in_channels": 4, "out_channels": 4,
+    "layers_per_block": 2, "block_out_channels": [320, 640, 1280, 1280], "attention_head_dim": 8,
+    "cross_attention_dim": 768,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+}
+
+SDXL_UNET = {
+    "_class_name": "UNet2DConditionModel", "sample_size": 128, "in_channels": 4, "out_channels": 4,
+    "layers_per_block": 2, "block_out_channels": [320, 640, 1280],
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "transformer_layers_per_block": [1, 2, 10], "attention_head_dim": [5, 10, 20],
+    "use_linear_projection": True, "cross_attention_dim": 2048, "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2816,
+}
+
+FULL_VAE = dict(VAE, block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32)
+
+
 def write_tokenizer(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     chars = [chr(code) for code in range(33, 127)]
@@ -111,7 +135,7 @@ def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def write_pipeline(folder: Path, sdxl: bool) -> None:
+def write_pipeline(folder: Path, sdxl: bool, full_size: bool = False) -> None:
     index = {
         "_class_name": "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline",
         "scheduler": ["diffusers", "DDIMScheduler"],
@@ -128,12 +152,19 @@ def write_pipeline(folder: Path, sdxl: bool) -> None:
                       "requires_safety_checker": False})
     write_json(folder / "model_index.json", index)
     write_json(folder / "scheduler" / "scheduler_config.json", SCHEDULER)
-    write_json(folder / "vae" / "config.json", VAE)
-    write_json(folder / "unet" / "config.json", unet(sdxl))
-    write_json(folder / "text_encoder" / "config.json", text_encoder(32, projection=False))
+    if full_size:
+        vae = dict(FULL_VAE, sample_size=1024 if sdxl else 512, scaling_factor=0.13025 if sdxl else 0.18215)
+        write_json(folder / "vae" / "config.json", vae)
+        write_json(folder / "unet" / "config.json", SDXL_UNET if sdxl else SD15_UNET)
+        write_json(folder / "text_encoder" / "config.json", text_encoder(768, projection=False, layers=12, heads=12))
+    else:
+        write_json(folder / "vae" / "config.json", VAE)
+        write_json(folder / "unet" / "config.json", unet(sdxl))
+        write_json(folder / "text_encoder" / "config.json", text_encoder(32, projection=False))
     write_tokenizer(folder / "tokenizer")
     if sdxl:
-        write_json(folder / "text_encoder_2" / "config.json", text_encoder(32, projection=True))
+        second = text_encoder(1280, projection=True, layers=32, heads=20) if full_size else text_encoder(32, True)
+        write_json(folder / "text_encoder_2" / "config.json", second)
         write_tokenizer(folder / "tokenizer_2")
 
 
@@ -142,9 +173,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "assets" / "models"))
     args = parser.parse_args()
     out = Path(args.out)
-    write_pipeline(out / "tiny-sd", sdxl=False)
-    write_pipeline(out / "tiny-sdxl", sdxl=True)
-    print(f"wrote {out / 'tiny-sd'} and {out / 'tiny-sdxl'}")
+    for name, sdxl, full_size in [("tiny-sd", False, False), ("tiny-sdxl", True, False),
+                                  ("sd15-arch", False, True), ("sdxl-arch", True, True)]:
+        write_pipeline(out / name, sdxl=sdxl, full_size=full_size)
+        print(f"wrote {out / name}")
 
 
 if __name__ == "__main__":

@@ -78,12 +78,13 @@ class DPOTrainer:
 
     # Set-up --------------------------------------------------------------------------------------
 
-    def setup(self) -> None:
+    def setup(self, components: Components | None = None) -> None:
+        """Load (or take already loaded) components, data, optimizer; resume if asked."""
         config, accelerator = self.config, self.accelerator
         device = accelerator.device
         self.weight_dtype = DTYPES[config.model.mixed_precision]
         vae_dtype = self.weight_dtype if config.model.vae_dtype == "weight" else DTYPES[config.model.vae_dtype]
-        components = load_components(config.model)
+        components = components if components is not None else load_components(config.model)
         freeze_and_cast(components, self.weight_dtype, vae_dtype)
         self.components = components
         self.attention = resolve_attention_backend(config.model.attention, device)
@@ -254,17 +255,22 @@ class DPOTrainer:
         return self.checkpoints.save(self.accelerator, self.global_step, self._checkpoint_state())
 
     def train(self) -> dict:
-        """Run to ``train.max_steps``; returns the final logged metrics."""
+        """Run to ``train.max_steps``, save the final weights and model card; returns the final metrics."""
         config, accelerator = self.config, self.accelerator
         if accelerator.is_main_process:
             write_run_config(config)
         if accelerator.log_with:
             accelerator.init_trackers(config.logging.project, config=_flat(to_dict(config)))
         accelerator.print(self.describe())
+        self.run_steps()
+        return self._finish()
+
+    def run_steps(self) -> None:
+        """The optimisation loop from the current step to ``train.max_steps`` (logging, checkpoints, validation)."""
+        config, accelerator = self.config, self.accelerator
         batches = self._batches()
         progress = tqdm(range(config.train.max_steps), initial=self.global_step, desc="DPO steps",
                         disable=not accelerator.is_local_main_process)
-        good_checkpoint_state = None
         window: list[dict[str, torch.Tensor]] = []
         step_start = time.perf_counter()
         while self.global_step < config.train.max_steps:
@@ -295,7 +301,6 @@ class DPOTrainer:
             if config.validation.prompts and config.validation.every and self.global_step % config.validation.every == 0:
                 self._validate()
         progress.close()
-        return self._finish()
 
     def _clip_gradients(self) -> torch.Tensor:
         max_norm = self.config.train.max_grad_norm if self.config.train.max_grad_norm > 0 else math.inf
