@@ -49,8 +49,8 @@ class ModelConfig:
     attention: str = _opt("auto", "Attention backend: xformers only where it can run, else SDPA.",
                           ("auto", "sdpa", "xformers"))
     gradient_checkpointing: bool = _opt(False, "Recompute UNet activations in backward to save memory.")
-    mixed_precision: str = _opt("no", "Autocast precision; trainable parameters stay float32.",
-                                ("no", "fp16", "bf16"))
+    mixed_precision: str = _opt("fp32", "Autocast precision (fp32 = none); trainable parameters stay float32.",
+                                ("fp32", "fp16", "bf16"))
     vae_dtype: str = _opt("float32", "VAE precision ('weight' = same as frozen weights). float32 avoids SDXL VAE NaNs.",
                           ("float32", "float16", "bfloat16", "weight"))
     prediction_type: str | None = _opt(None, "Override the scheduler's prediction type.",

@@ -26,7 +26,7 @@ from diffalign.config import LoraConfig, ModelConfig
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
           "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--lora-rank", type=int, default=8, help="0 = full fine-tune (frozen reference copy)")
-    parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--mixed-precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--attention", default="auto", choices=["auto", "sdpa", "xformers"])
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--cache", default="both", choices=["both", "on", "off"])

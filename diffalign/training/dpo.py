@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from diffalign.config import DPORunConfig, conventions, to_dict
@@ -68,7 +68,8 @@ class DPOTrainer:
         self.gradient_accumulation = config.gradient_accumulation(PartialState().num_processes)
         tracker = None if config.logging.tracker == "none" else config.logging.tracker
         self.accelerator = Accelerator(
-            mixed_precision=config.model.mixed_precision, log_with=tracker,
+            mixed_precision="no" if config.model.mixed_precision == "fp32" else config.model.mixed_precision,
+            log_with=tracker,
             gradient_accumulation_steps=self.gradient_accumulation,
             project_config=ProjectConfiguration(project_dir=config.output_dir,
                                                 logging_dir=str(Path(config.output_dir) / "logs")))
@@ -84,6 +85,8 @@ class DPOTrainer:
         device = accelerator.device
         self.weight_dtype = DTYPES[config.model.mixed_precision]
         vae_dtype = self.weight_dtype if config.model.vae_dtype == "weight" else DTYPES[config.model.vae_dtype]
+        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+        set_seed(config.train.seed)
         components = components if components is not None else load_components(config.model)
         freeze_and_cast(components, self.weight_dtype, vae_dtype)
         self.components = components
