@@ -14,6 +14,7 @@ import importlib.util
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -70,11 +71,19 @@ def is_sdxl_unet(unet: UNet2DConditionModel) -> bool:
 
 
 def _load(loader, what: str, source: str, **kwargs):
+    subfolder = kwargs.get("subfolder")
+    local = Path(source)
+    if source.startswith((".", "/", "~")) or local.exists():
+        expected = local / subfolder if subfolder else local
+        if not expected.is_dir():
+            raise ModelLoadError(f"Could not load the {what}: the local folder {expected} does not exist. "
+                                 "model.pretrained must be a diffusers pipeline folder (unet/, vae/, text_encoder/, "
+                                 "tokenizer/, scheduler/) or a Hub id such as stabilityai/stable-diffusion-xl-base-1.0.")
     try:
         return loader(source, **kwargs)
     except (OSError, ValueError) as error:
         raise ModelLoadError(
-            f"Could not load the {what} from '{source}' ({kwargs.get('subfolder') or 'root'}): {error}\n"
+            f"Could not load the {what} from '{source}' ({subfolder or 'root'}): {error}\n"
             f"Point model.pretrained (or model.vae) at a local diffusers folder, or download it first, e.g. "
             f"`huggingface-cli download {source} --local-dir <folder>`; offline, set HF_HUB_OFFLINE=1.") from error
 
@@ -110,9 +119,13 @@ def load_components(model: ModelConfig) -> Components:
 
 def freeze_and_cast(components: Components, weight_dtype: torch.dtype, vae_dtype: torch.dtype) -> None:
     """Freeze VAE and text encoders in eval mode and cast them (and the UNet) for training."""
-    components.vae.requires_grad_(False).eval().to(dtype=vae_dtype)
+    components.vae.requires_grad_(False).eval()
+    if components.vae.dtype != vae_dtype:
+        components.vae.to(dtype=vae_dtype)
     for encoder in components.text_encoders:
-        encoder.requires_grad_(False).eval().to(dtype=weight_dtype)
+        encoder.requires_grad_(False).eval()
+        if encoder.dtype != weight_dtype:
+            encoder.to(dtype=weight_dtype)
     components.unet.requires_grad_(False)
 
 

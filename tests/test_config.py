@@ -91,3 +91,11 @@ def test_cli_config_reference_lists_every_option(capsys):
     text = capsys.readouterr().out
     assert "| `train.beta` | float | `5000.0` |" in text
     assert "`cache.enabled`" in text and "`lora.target_modules`" in text
+
+
+def test_configuration_doc_is_in_sync_with_the_dataclasses():
+    from diffalign.cli import reference_text
+    from diffalign.paths import ASSETS
+
+    doc = (ASSETS.parent / "docs" / "configuration.md").read_text()
+    assert "\n".join(reference_text()) in doc, "regenerate docs/configuration.md with `diffalign config reference`"

@@ -96,7 +96,8 @@ class DPOTrainer:
         if config.model.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         if config.lora.enabled:
-            unet.to(dtype=self.weight_dtype)
+            if unet.dtype != self.weight_dtype:
+                unet.to(dtype=self.weight_dtype)
             params = add_lora(unet, config.lora)
         else:
             unet.requires_grad_(True)
