@@ -10,7 +10,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 
-from conftest import tiny_config
+from conftest import TINY_PAIRS, tiny_config
 from diffalign.training import DPOTrainer, NonFiniteLossError
 from diffalign.training.checkpoint import trainable_state_dict
 
@@ -226,3 +226,22 @@ def test_validation_images_and_tensorboard_logs(tmp_path, tiny_sd):
     assert any((run / "logs").rglob("events.out.tfevents.*"))
     assert json.loads((run / "summary.json").read_text())["data"]["ties_dropped"] == 2
     assert (run / "conventions.json").is_file()
+
+
+def test_streaming_pickapic_parquet_trains_and_resumes(tmp_path, tiny_sd):
+    import datasets
+
+    rows = [json.loads(line) for line in TINY_PAIRS.read_text().splitlines()]
+    folder = TINY_PAIRS.parent
+    table = {"caption": [r["caption"] for r in rows], "label_0": [r["label_0"] for r in rows],
+             "jpg_0": [(folder / r["image_0"]).read_bytes() for r in rows],
+             "jpg_1": [(folder / r["image_1"]).read_bytes() for r in rows]}
+    (tmp_path / "pickapic").mkdir()
+    datasets.Dataset.from_dict(table).to_parquet(str(tmp_path / "pickapic" / "train-00000.parquet"))
+    common = ["data.format=pickapic", f"data.path={tmp_path / 'pickapic'}", "data.streaming=true",
+              "cache.enabled=false", "train.batch_size=4", "checkpoint.every=2"]
+    first = make_trainer(tiny_config(tmp_path, tiny_sd, *common, "train.max_steps=2"))
+    first.train()
+    resumed = make_trainer(tiny_config(tmp_path, tiny_sd, *common, "train.max_steps=4", "checkpoint.resume_from=latest"))
+    assert resumed.global_step == 2
+    assert resumed.train()["step"] == 4

@@ -168,21 +168,28 @@ class DPOTrainer:
         config, accelerator = self.config, self.accelerator
         start = self.global_step * self.gradient_accumulation
         if isinstance(self.dataset, torch.utils.data.IterableDataset):
-            loader = accelerator.prepare(torch.utils.data.DataLoader(
-                self.dataset, batch_size=config.train.batch_size, num_workers=config.data.num_workers))
-            skipped = 0
-            while True:
-                for batch in loader:
-                    if skipped < start:
-                        skipped += 1
-                        continue
-                    yield batch
+            yield from self._streamed_batches(start)
+            return
         sampler = ResumableBatchSampler(len(self.dataset), config.train.batch_size, config.train.seed,
                                         accelerator.process_index, accelerator.num_processes, start=start)
         loader = torch.utils.data.DataLoader(EpochIndexed(self.dataset), batch_sampler=sampler,
                                              num_workers=config.data.num_workers,
                                              persistent_workers=config.data.num_workers > 0)
         yield from loader
+
+    def _streamed_batches(self, start: int):
+        """Streaming data: every process reads the stream in order and keeps its slice of each global
+        batch (so processes see disjoint pairs); on resume the first ``start`` global batches are skipped."""
+        config, accelerator = self.config, self.accelerator
+        size, rank = config.train.batch_size, accelerator.process_index
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=size * accelerator.num_processes,
+                                             num_workers=config.data.num_workers, drop_last=True)
+        position = 0
+        while True:
+            for batch in loader:
+                if position >= start:
+                    yield {key: value[rank * size:(rank + 1) * size] for key, value in batch.items()}
+                position += 1
 
     # One micro-batch -------------------------------------------------------------------------------
 
