@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,6 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from diffalign.config import LoraConfig, ModelConfig
-
-logger = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
           "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -61,9 +58,6 @@ class PromptEmbeds:
 
     prompt_embeds: torch.Tensor
     pooled: torch.Tensor | None = None
-
-    def index(self, rows: torch.Tensor) -> "PromptEmbeds":
-        return PromptEmbeds(self.prompt_embeds[rows], None if self.pooled is None else self.pooled[rows])
 
 
 def is_sdxl_unet(unet: UNet2DConditionModel) -> bool:

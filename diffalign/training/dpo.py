@@ -353,7 +353,7 @@ class DPOTrainer:
         unet = self.accelerator.unwrap_model(self.unet)
         unet.eval()
         self._move_frozen(self.accelerator.device)
-        grid = render_validation(self.components, unet, self.config, self.accelerator.device, self.accelerator.autocast)
+        grid = render_validation(self.components, unet, self.config, self.accelerator.autocast)
         if self.config.cache.enabled:
             self._move_frozen(torch.device("cpu"))
         unet.train()

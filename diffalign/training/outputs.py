@@ -94,8 +94,7 @@ def image_grid(images: list[Image.Image], columns: int) -> Image.Image:
 
 
 @torch.no_grad()
-def render_validation(components: Components, unet, config: DPORunConfig, device: torch.device,
-                      autocast) -> Image.Image:
+def render_validation(components: Components, unet, config: DPORunConfig, autocast) -> Image.Image:
     """One image per (prompt, seed) with fixed seeds; a grid with a row per prompt."""
     validation = config.validation
     pipeline = build_pipeline(components, unet=unet)
