@@ -55,3 +55,56 @@ def build_random_pipeline(config_dir: str | Path, out_dir: str | Path, seed: int
             shutil.copytree(config_dir / name, out_dir / name, dirs_exist_ok=True)
     shutil.copy(config_dir / "model_index.json", out_dir / "model_index.json")
     return out_dir
+
+
+# Scorers ------------------------------------------------------------------------------------------
+
+_SCORER_ARCHS = {  # registered scorer -> (tiny architecture, real-size architecture)
+    "pickscore": ("tiny-clip", "clip-vit-h14-arch"),
+    "clipscore": ("tiny-clip", "clip-vit-b32-arch"),
+    "clipscore-l14": ("tiny-clip", "clip-vit-l14-arch"),
+    "aesthetic": ("tiny-clip", "clip-vit-l14-arch"),
+    "hpsv2": ("tiny-open-clip.json", "ViT-H-14"),
+    "hpsv2.1": ("tiny-open-clip.json", "ViT-H-14"),
+}
+
+
+def build_random_scorer(name: str, out_dir: str | Path, seed: int = 0, full_size: bool = False) -> str:
+    """Seeded random weights for the registered scorer ``name``, saved as its real loader reads them.
+
+    Tiny architectures by default (tests, CPU demo); ``full_size`` uses the published architecture
+    (benchmarks). Returns a spec for :func:`diffalign.scorers.get_scorer` that loads these weights,
+    e.g. ``"hpsv2.1:checkpoint=<out>/HPS_v2.1_compressed.pt,architecture=<json>"``. Weight-free
+    scorers (JPEG) return their plain name.
+    """
+    from transformers import CLIPConfig, CLIPModel
+
+    if name not in _SCORER_ARCHS:
+        return name
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    architecture = _SCORER_ARCHS[name][int(full_size)]
+    torch.manual_seed(seed)
+    if name.startswith("hpsv2"):
+        from diffalign.scorers.hps import HPS_FILES, build_open_clip
+
+        arch = str(asset("models", "scorers", architecture)) if architecture.endswith(".json") else architecture
+        model, _ = build_open_clip(arch)
+        checkpoint = out_dir / HPS_FILES[name]
+        torch.save({"state_dict": model.state_dict()}, checkpoint)
+        return f"{name}:checkpoint={checkpoint},architecture={arch}"
+    config_dir = asset("models", "scorers", architecture)
+    clip_dir = out_dir / architecture
+    CLIPModel(CLIPConfig.from_pretrained(config_dir)).save_pretrained(clip_dir, safe_serialization=True)
+    for file in config_dir.iterdir():
+        if file.name != "config.json":
+            shutil.copy(file, clip_dir / file.name)
+    if name == "aesthetic":
+        from safetensors.torch import save_file
+
+        from diffalign.scorers.clip import AestheticHead
+
+        head = out_dir / "aesthetic-head.safetensors"
+        save_file(AestheticHead(CLIPConfig.from_pretrained(config_dir).projection_dim).state_dict(), str(head))
+        return f"aesthetic:clip={clip_dir},head={head}"
+    return f"{name}:model={clip_dir}"

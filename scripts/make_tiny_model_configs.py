@@ -5,7 +5,15 @@
 - ``sd15-arch``, ``sdxl-arch``: the real SD 1.5 and SDXL base architectures (UNet, VAE and text
   encoder sizes from the published configs), for GPU memory/throughput benchmarks with random weights.
 
-``diffalign.tiny.build_random_pipeline`` instantiates a folder with seeded random weights. All use a
+Scorer architectures in ``assets/models/scorers/`` (transformers ``CLIPModel`` folders with a
+``preprocessor_config.json``, and an open_clip model config):
+
+- ``tiny-clip``, ``tiny-open-clip.json``: tiny CLIP models (32 px input) for tests and the CPU demo.
+- ``clip-vit-b32-arch``, ``clip-vit-l14-arch``, ``clip-vit-h14-arch``: the CLIP architectures of
+  CLIPScore, the aesthetic predictor / CLIPScore-L14 and PickScore (HPS uses open_clip's own ViT-H-14).
+
+``diffalign.tiny.build_random_pipeline`` / ``build_random_scorer`` instantiate them with seeded
+random weights. All use a
 character-level CLIP tokenizer (printable ASCII, no merges, 77 tokens) as an offline stand-in for the
 CLIP BPE tokenizer; sequence length and model sizes match the real models.
 
@@ -168,6 +176,42 @@ def write_pipeline(folder: Path, sdxl: bool, full_size: bool = False) -> None:
         write_tokenizer(folder / "tokenizer_2")
 
 
+CLIP_ARCHS = {  # name: (text hidden, layers, heads), (vision hidden, layers, heads, patch, image), projection, act
+    "tiny-clip": ((32, 2, 4), (32, 2, 4, 8, 32), 32, "quick_gelu"),
+    "clip-vit-b32-arch": ((512, 12, 8), (768, 12, 12, 32, 224), 512, "quick_gelu"),
+    "clip-vit-l14-arch": ((768, 12, 12), (1024, 24, 16, 14, 224), 768, "quick_gelu"),
+    "clip-vit-h14-arch": ((1024, 24, 16), (1280, 32, 16, 14, 224), 1024, "gelu"),
+}
+
+TINY_OPEN_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def write_clip_scorer(folder: Path, name: str) -> None:
+    """A transformers CLIPModel config + OpenAI-CLIP preprocessor config + the character tokenizer."""
+    (text_hidden, text_layers, text_heads), (hidden, layers, heads, patch, image), projection, act = CLIP_ARCHS[name]
+    vocab = 190 if name == "tiny-clip" else 49408
+    write_json(folder / "config.json", {
+        "architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": projection,
+        "logit_scale_init_value": 2.6592,
+        "text_config": {"vocab_size": vocab, "hidden_size": text_hidden, "intermediate_size": 4 * text_hidden,
+                        "num_hidden_layers": text_layers, "num_attention_heads": text_heads,
+                        "max_position_embeddings": 77, "hidden_act": act, "projection_dim": projection,
+                        "bos_token_id": 188, "eos_token_id": 189, "pad_token_id": 189},
+        "vision_config": {"hidden_size": hidden, "intermediate_size": 4 * hidden, "num_hidden_layers": layers,
+                          "num_attention_heads": heads, "patch_size": patch, "image_size": image,
+                          "hidden_act": act, "projection_dim": projection}})
+    write_json(folder / "preprocessor_config.json", {
+        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": image},
+        "resample": 3, "do_center_crop": True, "crop_size": {"height": image, "width": image},
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]})
+    write_tokenizer(folder)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "assets" / "models"))
@@ -177,6 +221,10 @@ def main() -> None:
                                   ("sd15-arch", False, True), ("sdxl-arch", True, True)]:
         write_pipeline(out / name, sdxl=sdxl, full_size=full_size)
         print(f"wrote {out / name}")
+    for name in CLIP_ARCHS:
+        write_clip_scorer(out / "scorers" / name, name)
+        print(f"wrote {out / 'scorers' / name}")
+    write_json(out / "scorers" / "tiny-open-clip.json", TINY_OPEN_CLIP)
 
 
 if __name__ == "__main__":

@@ -32,3 +32,13 @@ def tiny_config(tmp_path, model_dir, *overrides):
         f"model.pretrained={model_dir}", f"data.path={TINY_PAIRS}", f"output_dir={tmp_path / 'run'}",
         f"cache.dir={tmp_path / 'cache'}", "logging.tracker=none", "logging.every=1", "validation.prompts=[]",
         "checkpoint.every=0", *overrides])
+
+
+@pytest.fixture(scope="session")
+def tiny_scorer_specs(tmp_path_factory):
+    """get_scorer specs of every weighted scorer with tiny random weights saved in its published format."""
+    from diffalign.tiny import build_random_scorer
+
+    folder = tmp_path_factory.mktemp("scorers")
+    return {name: build_random_scorer(name, folder, seed=0)
+            for name in ("pickscore", "clipscore", "clipscore-l14", "aesthetic", "hpsv2", "hpsv2.1")}
