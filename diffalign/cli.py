@@ -7,6 +7,14 @@
     diffalign config show --config FILE [key=value ...]    print the resolved, validated config
     diffalign config reference                             every option with its default and help
     diffalign tiny-model --out DIR [--sdxl] [--seed S]     a tiny random SD/SDXL pipeline folder
+    diffalign tiny-scorer --name NAME --out DIR [--full-size]    random scorer weights; prints the spec
+    diffalign eval generate --model M --prompts SPEC --out RUN [...]   N images per prompt, fixed seeds
+    diffalign eval import --images DIR --prompts SPEC [--out RUN]      a run folder for existing images
+    diffalign eval score RUN [RUN ...] --scorer SPEC [...]             scores.csv + summary.json
+    diffalign eval compare RUN_A RUN_B [--out DIR]                     paired win rates with CIs
+    diffalign eval report RUN [RUN ...] --out DIR                      HTML report (first run = baseline)
+    diffalign eval scorer-accuracy --scorer SPEC --pairs SRC | --ranked SRC
+    diffalign scorers                                                  registered scorers and options
 
 Multi-GPU and multi-node: ``accelerate launch -m diffalign.cli train dpo --config ...``.
 """
@@ -75,6 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--sdxl", action="store_true", help="SDXL architecture (two text encoders, time ids)")
     tiny.add_argument("--seed", type=int, default=0)
 
+    tiny_scorer = commands.add_parser("tiny-scorer", help="random-weight scorer files in the published format")
+    tiny_scorer.add_argument("--name", required=True, help="a registered scorer, e.g. hpsv2.1 or pickscore")
+    tiny_scorer.add_argument("--out", required=True)
+    tiny_scorer.add_argument("--full-size", action="store_true", help="the published architecture (GBs)")
+    tiny_scorer.add_argument("--seed", type=int, default=0)
+
+    _add_eval_commands(commands)
+    commands.add_parser("scorers", help="list the registered scorers and their options")
+
     args, extra = parser.parse_known_args(argv)
     unknown = [item for item in extra if "=" not in item or item.startswith("-")]
     if unknown or (extra and not hasattr(args, "overrides")):
@@ -87,9 +104,192 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if not isinstance(error, _user_errors()):
+            raise
+        print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type, ...]:
+    """Errors about the user's input or files: printed as one message, without a traceback."""
+    from diffalign.data.pairs import DataError
+    from diffalign.evaluation.generate import GenerationError
+    from diffalign.evaluation.prompts import PromptSetError
+    from diffalign.evaluation.report import ReportError
+    from diffalign.evaluation.scorer_accuracy import AccuracyDataError
+    from diffalign.evaluation.scoring import RunFolderError
+    from diffalign.evaluation.stats import StatsError
+    from diffalign.evaluation.tables import EvaluationError
+    from diffalign.models import ModelLoadError
+    from diffalign.scorers import ScorerLoadError, ScorerSpecError, UnknownScorerError
+
+    return (DataError, GenerationError, PromptSetError, ReportError, AccuracyDataError, RunFolderError, StatsError,
+            EvaluationError, ModelLoadError, ScorerLoadError, ScorerSpecError, UnknownScorerError)
+
+
+def _add_eval_commands(commands) -> None:
+    evaluation = commands.add_parser("eval", help="generate, score, compare and report on prompt sets")
+    actions = evaluation.add_subparsers(dest="action", required=True)
+
+    generate = actions.add_parser("generate", help="generate N images per prompt with fixed seeds (resumable)")
+    generate.add_argument("--model", required=True, help="diffusers pipeline folder or Hub id")
+    generate.add_argument("--lora", help="LoRA folder or file loaded with pipe.load_lora_weights")
+    generate.add_argument("--unet", help="fully fine-tuned UNet folder (replaces the pipeline's UNet)")
+    generate.add_argument("--prompts", required=True, help="prompt set spec, e.g. parti:PartiPrompts.tsv, "
+                          "hpsv2:DIR, drawbench:FILE.csv, text:FILE, hf:NAME:SPLIT:COLUMN, or a builtin name")
+    generate.add_argument("--out", required=True, help="run folder")
+    generate.add_argument("--name", help="display name in reports (default: the folder name)")
+    generate.add_argument("--limit", type=int, help="only the first N prompts")
+    generate.add_argument("--categories", help="comma-separated categories to keep")
+    generate.add_argument("--images-per-prompt", type=int, default=4)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--steps", type=int, default=30, help="sampling steps")
+    generate.add_argument("--guidance", type=float, default=7.5, help="CFG scale (7.5 for SD 1.x, 5.0 for SDXL)")
+    generate.add_argument("--height", type=int)
+    generate.add_argument("--width", type=int)
+    generate.add_argument("--negative-prompt", default="")
+    generate.add_argument("--scheduler", default="default", help="default, ddim, euler, euler-ancestral, dpmpp-2m")
+    generate.add_argument("--batch-size", type=int, default=4)
+    generate.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                          help="auto: fp16 on CUDA, fp32 on CPU")
+    generate.add_argument("--device")
+    generate.add_argument("--attention", choices=["auto", "sdpa", "xformers"], default="auto")
+
+    imported = actions.add_parser("import", help="make a run folder for images named <prompt_id>[_<k>].png/jpg")
+    imported.add_argument("--images", required=True)
+    imported.add_argument("--prompts", required=True)
+    imported.add_argument("--out", help="run folder (default: the image folder)")
+    imported.add_argument("--name")
+
+    score = actions.add_parser("score", help="score run folders (scores.csv, summary.json)")
+    score.add_argument("runs", nargs="+")
+    score.add_argument("--scorer", action="append", required=True,
+                       help="scorer spec, repeatable: pickscore, hpsv2.1:checkpoint=FILE, aesthetic, ...")
+    score.add_argument("--batch-size", type=int)
+    score.add_argument("--device")
+    score.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
+    score.add_argument("--path", choices=["pil", "tensor"], default="pil",
+                       help="pil: official preprocessing (reported numbers); tensor: the differentiable path")
+    score.add_argument("--overwrite", action="store_true", help="replace scores computed with another spec")
+
+    compare = actions.add_parser("compare", help="paired win rates of run A vs run B per scorer")
+    compare.add_argument("run_a")
+    compare.add_argument("run_b")
+    compare.add_argument("--out", help="folder for comparison.json and comparison.csv")
+    for sub in (score, compare):
+        sub.add_argument("--confidence", type=float, default=0.95)
+        sub.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+
+    report = actions.add_parser("report", help="HTML report: tables with CIs, win rates vs the first run, grids")
+    report.add_argument("runs", nargs="+")
+    report.add_argument("--out", required=True)
+    report.add_argument("--title", default="diffalign evaluation")
+    report.add_argument("--grid-prompts", type=int, default=8)
+
+    accuracy = actions.add_parser("scorer-accuracy", help="a scorer's agreement with human preference test sets")
+    accuracy.add_argument("--scorer", required=True)
+    source = accuracy.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pairs", help="Pick-a-Pic-schema parquet file/folder, Hub id, or diffalign JSONL pairs")
+    source.add_argument("--ranked", help="HPDv2-schema JSON (prompt, image_path, rank)")
+    accuracy.add_argument("--images-root", help="folder the ranked set's image paths are relative to")
+    accuracy.add_argument("--tie-threshold", type=float, help="fixed |p0 - p1| tie threshold (pairs)")
+    accuracy.add_argument("--validation-fraction", type=float, default=0.0,
+                          help="fit the tie threshold on this fraction, report the rest (pairs)")
+    accuracy.add_argument("--limit", type=int)
+    accuracy.add_argument("--batch-size", type=int, default=16)
+    accuracy.add_argument("--device")
+    accuracy.add_argument("--out", help="write the result JSON here")
+
+
+def _run_eval(args) -> int:
+    import json
+
+    from diffalign.evaluation import runs
+
+    if args.action == "generate":
+        import torch
+
+        from diffalign.evaluation.generate import GenerationSettings, generate_images, load_eval_pipeline
+        from diffalign.evaluation.prompts import load_prompt_set
+
+        prompts = load_prompt_set(args.prompts).subset(args.limit, args.categories.split(",") if args.categories else None)
+        settings = GenerationSettings(images_per_prompt=args.images_per_prompt, seed=args.seed,
+                                      num_inference_steps=args.steps, guidance_scale=args.guidance, height=args.height,
+                                      width=args.width, negative_prompt=args.negative_prompt,
+                                      scheduler=args.scheduler, batch_size=args.batch_size)
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = args.dtype if args.dtype != "auto" else ("fp16" if device.startswith("cuda") else "fp32")
+        pipeline = load_eval_pipeline(args.model, lora=args.lora, unet=args.unet, dtype=dtype, device=device,
+                                      attention=args.attention, scheduler=args.scheduler)
+        info = {"model": args.model, "lora": args.lora, "unet": args.unet, "prompts": args.prompts, "dtype": dtype}
+        if args.name:
+            info["name"] = args.name
+        out = generate_images(pipeline, prompts, args.out, settings, info)
+        print(f"{len(prompts) * settings.images_per_prompt} images in {out}")
+    elif args.action == "import":
+        from diffalign.evaluation.prompts import load_prompt_set
+        from diffalign.evaluation.scoring import import_images
+
+        print(f"run folder: {import_images(args.images, load_prompt_set(args.prompts), args.out, args.name)}")
+    elif args.action == "score":
+        from diffalign.evaluation.scoring import score_run
+        from diffalign.models import DTYPES
+
+        for run_dir in args.runs:
+            score_run(run_dir, args.scorer, batch_size=args.batch_size, device=args.device,
+                      dtype=DTYPES[args.dtype] if args.dtype else None, path=args.path, overwrite=args.overwrite)
+            print(runs.format_summary(runs.summarize_run(run_dir, args.confidence, args.resamples)))
+    elif args.action == "compare":
+        from diffalign.evaluation import tables
+
+        comparison = runs.compare_runs(args.run_a, args.run_b, confidence=args.confidence, resamples=args.resamples)
+        print(runs.format_comparison(comparison))
+        if args.out:
+            from pathlib import Path
+
+            import pandas as pd
+
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            Path(args.out, "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
+            pd.DataFrame(tables.comparison_rows(comparison)).to_csv(Path(args.out, "comparison.csv"), index=False)
+    elif args.action == "report":
+        print(f"report: {runs.report_runs(args.runs, args.out, title=args.title, grid_prompts=args.grid_prompts)}")
+    elif args.action == "scorer-accuracy":
+        from diffalign.evaluation.scorer_accuracy import evaluate_pairwise, evaluate_ranking
+        from diffalign.scorers import get_scorer
+
+        scorer = get_scorer(args.scorer, device=args.device)
+        if args.pairs:
+            result = evaluate_pairwise(scorer, args.pairs, batch_size=args.batch_size, tie_threshold=args.tie_threshold,
+                                       validation_fraction=args.validation_fraction, limit=args.limit)
+        else:
+            result = evaluate_ranking(scorer, args.ranked, images_root=args.images_root, batch_size=args.batch_size,
+                                      limit=args.limit)
+        text = json.dumps(result, indent=2)
+        print(text)
+        if args.out:
+            from pathlib import Path
+
+            Path(args.out).write_text(text + "\n")
+    return 0
+
+
+def _list_scorers() -> int:
+    from diffalign.scorers import available_scorers, scorer_entry
+
+    for name in available_scorers():
+        entry = scorer_entry(name)
+        options = ", ".join(f"{key}={value!r}" for key, value in entry.options().items())
+        print(f"{name}\n    {entry.description}\n    options: {options}")
+    return 0
 
 
 def _run(args) -> int:
+    if args.command == "eval":
+        return _run_eval(args)
+    if args.command == "scorers":
+        return _list_scorers()
     if args.command == "demo":
         from diffalign.demo import run_demo
 
@@ -115,6 +315,12 @@ def _run(args) -> int:
 
         path = build_random_pipeline(pipeline_config_dir("tiny-sdxl" if args.sdxl else "tiny-sd"), args.out, args.seed)
         print(f"wrote {path}")
+    elif args.command == "tiny-scorer":
+        from diffalign.scorers import scorer_entry
+        from diffalign.tiny import build_random_scorer
+
+        scorer_entry(args.name)
+        print(build_random_scorer(args.name, args.out, seed=args.seed, full_size=args.full_size))
     return 0
 
 

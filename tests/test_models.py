@@ -73,6 +73,17 @@ def test_pipelines_install_as_diffalign_pipelines_only(tmp_path):
     assert out.stdout.strip() == "True"
 
 
+def test_every_subpackage_is_packaged():
+    """A package missing from pyproject's list works in an editable install but not from a wheel."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(root).parts) for init in (root / "diffalign").rglob("__init__.py")}
+    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages"
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_bf16_lora_reference_is_exact_on_gpu(tmp_path, tiny_sdxl):

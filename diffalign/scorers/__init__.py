@@ -10,10 +10,10 @@ from diffalign.scorers.ensemble import ScorerEnsemble, win_fractions, zscore_mea
 from diffalign.scorers.hps import OpenClipSimilarity
 from diffalign.scorers.jpeg import JpegSizeScorer, jpeg_size_kb
 from diffalign.scorers.preprocess import ClipPreprocess, pil_to_tensor, tensor_to_pil
-from diffalign.scorers.registry import (available_scorers, get_scorer, parse_scorer_spec, register_scorer,
-                                        scorer_entry)
+from diffalign.scorers.registry import (ScorerSpecError, UnknownScorerError, available_scorers, get_scorer,
+                                        parse_scorer_spec, register_scorer, scorer_entry)
 
 __all__ = ["AestheticHead", "AestheticScorer", "ClipPreprocess", "ClipSimilarity", "JpegSizeScorer",
            "OpenClipSimilarity", "Scorer", "ScorerEnsemble", "ScorerLoadError", "available_scorers",
            "get_scorer", "jpeg_size_kb", "parse_scorer_spec", "pil_to_tensor", "register_scorer",
-           "scorer_entry", "tensor_to_pil", "win_fractions", "zscore_mean"]
+           "scorer_entry", "tensor_to_pil", "ScorerSpecError", "UnknownScorerError", "win_fractions", "zscore_mean"]

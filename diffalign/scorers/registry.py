@@ -20,6 +20,14 @@ from diffalign.scorers.hps import load_hps
 from diffalign.scorers.jpeg import JpegSizeScorer
 
 
+class UnknownScorerError(KeyError):
+    """A scorer name that is not registered; the message lists the registered names."""
+
+
+class ScorerSpecError(ValueError):
+    """A malformed scorer spec or an option the scorer does not have."""
+
+
 @dataclass(frozen=True)
 class ScorerEntry:
     """A registered scorer: its loader and a one-line description."""
@@ -47,7 +55,7 @@ def available_scorers() -> list[str]:
 
 def scorer_entry(name: str) -> ScorerEntry:
     if name not in _REGISTRY:
-        raise KeyError(f"unknown scorer {name!r}; available: {', '.join(available_scorers())}")
+        raise UnknownScorerError(f"unknown scorer {name!r}; available: {', '.join(available_scorers())}")
     return _REGISTRY[name]
 
 
@@ -58,7 +66,7 @@ def parse_scorer_spec(spec: str) -> tuple[str, dict[str, object]]:
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"scorer spec {spec!r}: option {item!r} is not key=value")
+            raise ScorerSpecError(f"scorer spec {spec!r}: option {item!r} is not key=value")
         options[key.strip()] = _parse_value(value.strip())
     return name.strip(), options
 
@@ -76,7 +84,7 @@ def get_scorer(spec: str, device: str | torch.device | None = None, dtype: torch
     accepted = entry.options()
     unknown = sorted(set(merged) - set(accepted))
     if unknown:
-        raise TypeError(f"scorer {name!r} has no option {', '.join(unknown)}; options: "
+        raise ScorerSpecError(f"scorer {name!r} has no option {', '.join(unknown)}; options: "
                         + ", ".join(f"{k} (default {v!r})" for k, v in accepted.items()))
     scorer = entry.loader(**merged)
     if device is not None or dtype is not None:

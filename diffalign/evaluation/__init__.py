@@ -1,0 +1,1 @@
+"""Evaluation of text-to-image models: prompt sets, generation, scoring, statistics and reports."""
