@@ -3,7 +3,8 @@
 Each scorer gets seeded random weights (tiny, or the published architecture with ``--full-size``)
 saved in its real format and loaded through ``get_scorer``, so the measured path is the one users
 run. The loop baseline scores one image per call and re-encodes the prompt every call, as the
-official per-image packages do; the batched runs use the text cache. Results go to stdout as a
+official per-image packages do; the batched runs use the text cache. "load s" is the time to load
+the scorer from disk once, which packages that reload weights on every call pay per call. Results go to stdout as a
 markdown table and optionally to JSON.
 
     python scripts/benchmark_scorers.py --scorers pickscore,hpsv2.1,aesthetic,jpeg-compressibility
@@ -104,11 +105,13 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.scorers.split(","):
-            scorer = get_scorer(build_random_scorer(name, folder, full_size=args.full_size), device=device,
-                                dtype=DTYPES[args.dtype])
+            spec = build_random_scorer(name, folder, full_size=args.full_size)
+            start = time.perf_counter()
+            scorer = get_scorer(spec, device=device, dtype=DTYPES[args.dtype])
+            load_s = time.perf_counter() - start
             params = sum(p.numel() for p in scorer.parameters())
             for row in benchmark(scorer, images, prompts, batch_sizes, device, args.path):
-                results.append({"scorer": name, "params_m": params / 1e6, **row})
+                results.append({"scorer": name, "params_m": params / 1e6, "load_s": load_s, **row})
                 print(f"{name} {row['mode']} bs={row['batch_size']}: {row['images_per_s']:.2f} img/s", flush=True)
             del scorer
             if device.type == "cuda":
@@ -117,11 +120,11 @@ def main() -> None:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"\n{date.today()} {device_name}, {args.dtype}, {'published' if args.full_size else 'tiny'} architectures, "
           f"{args.images} images of {args.image_size}px, {args.path} path\n")
-    print("| scorer | params (M) | mode | batch | images/s | speed-up vs loop | peak memory (MB) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| scorer | params (M) | load s | mode | batch | images/s | speed-up vs loop | peak memory (MB) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in results:
         loop = next(r for r in results if r["scorer"] == row["scorer"] and r["mode"] != "batched")
-        print(f"| {row['scorer']} | {row['params_m']:.1f} | {row['mode']} | {row['batch_size']} | "
+        print(f"| {row['scorer']} | {row['params_m']:.1f} | {row['load_s']:.1f} | {row['mode']} | {row['batch_size']} | "
               f"{row['images_per_s']:.2f} | {row['images_per_s'] / loop['images_per_s']:.1f}x | {row['peak_mb']:.0f} |")
     if args.json:
         with open(args.json, "w") as handle:

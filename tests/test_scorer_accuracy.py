@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from diffalign.data.pairs import DataError
 from diffalign.evaluation.scorer_accuracy import (
     AccuracyDataError,
     best_tie_threshold,
@@ -231,18 +232,20 @@ def test_jsonl_pairs_keep_ties_and_resolve_paths(tmp_path):
 
 
 def test_pairwise_loader_errors(tmp_path):
+    """Reading the files is shared with training (diffalign.data.pairs, DataError); the stricter
+    label rule of test sets raises AccuracyDataError, a DataError too."""
     bad_columns = tmp_path / "cols.parquet"
     pd.DataFrame({"caption": ["a"], "jpg_0": [b""], "label_0": [1.0]}).to_parquet(bad_columns)
-    with pytest.raises(AccuracyDataError, match=r"cols.parquet: missing column\(s\) jpg_1"):
+    with pytest.raises(DataError, match=r"cols.parquet: missing column\(s\) jpg_1"):
         load_pairwise_test_set(bad_columns)
     bad_label = write_parquet(tmp_path / "label.parquet", [(RED, BLUE, 1.0), (RED, BLUE, 0.3)])
     with pytest.raises(AccuracyDataError, match=r"label.parquet row 1: column label_0 must be 1.0, 0.0 or 0.5"):
         load_pairwise_test_set(bad_label)
-    with pytest.raises(AccuracyDataError, match="missing.parquet: parquet file not found"):
+    with pytest.raises(DataError, match="missing.parquet: parquet file not found"):
         load_pairwise_test_set(tmp_path / "missing.parquet")
     jsonl = write_jsonl(tmp_path / "set")
     (tmp_path / "set" / "images" / "1_1.png").unlink()
-    with pytest.raises(AccuracyDataError, match=r"pairs.jsonl:2: key image_1: image file not found: .*1_1.png"):
+    with pytest.raises(DataError, match=r"pairs.jsonl:2: key image_1: image file not found: .*1_1.png"):
         load_pairwise_test_set(jsonl)
 
 
@@ -250,7 +253,7 @@ def test_unreadable_image_names_row_and_column(tmp_path):
     path = tmp_path / "broken.parquet"
     pd.DataFrame({"caption": ["a", "b"], "jpg_0": [png_bytes(RED)] * 2, "jpg_1": [png_bytes(BLUE), b"junk"],
                   "label_0": [1.0, 0.0]}).to_parquet(path)
-    with pytest.raises(AccuracyDataError, match=r"broken.parquet row 1: column image_1 is not a readable image"):
+    with pytest.raises(DataError, match=r"broken.parquet row 1: column image_1 is not a readable image"):
         evaluate_pairwise(MeanRedScorer(), path, progress=False)
 
 

@@ -60,9 +60,9 @@ def load_preference_table(
     no pairs remain.
     """
     if config.format == "jsonl":
-        table, source = _load_jsonl(Path(config.path)), config.path
+        table, source = load_pairs_jsonl(Path(config.path)), config.path
     elif config.format == "pickapic":
-        table, source = _load_pickapic(config), config.path
+        table, source = load_pickapic_table(config.path, config.split, config.streaming), config.path
     else:
         raise DataError(f"Unknown data format {config.format!r}; expected 'pickapic' or 'jsonl'.")
     if isinstance(table, datasets.IterableDataset):
@@ -184,12 +184,12 @@ def _item_rng(seed: int, epoch: int, index: int) -> random.Random:
 def _make_item(row: dict, index: int, transform: PairTransform, rng: random.Random, source: str) -> dict[str, Any]:
     label = float(row["label_0"])
     winner, loser = ("image_0", "image_1") if label > TIE else ("image_1", "image_0")
-    image_w = _open_image(row[winner], source, index, winner)
-    image_l = _open_image(row[loser], source, index, loser)
+    image_w = open_pair_image(row[winner], source, index, winner)
+    image_l = open_pair_image(row[loser], source, index, loser)
     return {"caption": row["caption"], "index": index, **transform(image_w, image_l, rng)}
 
 
-def _open_image(value: Any, source: str, index: int, column: str) -> Image.Image:
+def open_pair_image(value: Any, source: str, index: int, column: str) -> Image.Image:
     """Decode an image from bytes, a path, a ``{"bytes", "path"}`` dict or a PIL image."""
     if isinstance(value, Image.Image):
         return value
@@ -225,26 +225,37 @@ def _not_tie_batch(labels: list, indices: list[int], source: str) -> list[bool]:
     return [_check_label(label, source, row) != TIE for label, row in zip(labels, indices)]
 
 
-def _load_pickapic(config: DataConfig) -> datasets.Dataset | datasets.IterableDataset:
-    path = Path(config.path)
+def load_pickapic_table(source: str, split: str = "train",
+                        streaming: bool = False) -> datasets.Dataset | datasets.IterableDataset:
+    """A Pick-a-Pic-schema table, ties kept, columns normalised (caption, image_0, image_1, label_0).
+
+    ``source``: a .parquet file, a folder of them (searched recursively) or a ``datasets`` Hub id
+    (read with ``split``).
+    """
+    path = Path(source)
     if path.is_dir():
         files = sorted(str(file) for file in path.rglob("*.parquet"))
         if not files:
-            raise DataError(f"{config.path}: folder holds no .parquet files.")
-        table = datasets.load_dataset("parquet", data_files=files, split="train", streaming=config.streaming)
-    elif config.path.endswith(".parquet"):
+            raise DataError(f"{source}: folder holds no .parquet files.")
+        table = datasets.load_dataset("parquet", data_files=files, split="train", streaming=streaming)
+    elif str(source).endswith(".parquet"):
         if not path.is_file():
-            raise DataError(f"{config.path}: parquet file not found.")
-        table = datasets.load_dataset("parquet", data_files=[str(path)], split="train", streaming=config.streaming)
+            raise DataError(f"{source}: parquet file not found.")
+        table = datasets.load_dataset("parquet", data_files=[str(path)], split="train", streaming=streaming)
     else:
-        table = datasets.load_dataset(config.path, split=config.split, streaming=config.streaming)
-    _check_columns(table.column_names, config.path, REQUIRED_COLUMNS)
+        try:
+            table = datasets.load_dataset(str(source), split=split, streaming=streaming)
+        except (FileNotFoundError, ConnectionError, ValueError) as error:
+            raise DataError(f"{source}: not a .parquet file or folder, and datasets.load_dataset could not load it "
+                            f"(split {split!r}): {error}") from error
+    _check_columns(table.column_names, str(source), REQUIRED_COLUMNS)
     if table.column_names is None:
         return table.rename_columns(_RENAME)
     return table.select_columns(list(REQUIRED_COLUMNS)).rename_columns(_RENAME)
 
 
-def _load_jsonl(path: Path) -> datasets.Dataset:
+def load_pairs_jsonl(path: Path) -> datasets.Dataset:
+    """The project's JSONL pairs as a normalised table, ties kept; image paths made absolute and checked."""
     if not path.is_file():
         raise DataError(f"{path}: JSONL file not found.")
     folder = path.resolve().parent

@@ -76,8 +76,8 @@ def write_report(out_dir: str | Path, runs: Sequence[RunResult], comparisons: Se
     """Write the report folder (layout in the module docstring) and return the path of its index.html.
 
     ``comparisons`` are tables.compare dicts whose "a" and "b" name runs of ``runs``. The grid
-    (columns from :func:`grid_columns`) shows the first ``grid_prompts`` prompts of its first
-    column's table (0 = no grid) with sample 0 of each run, or samples 0..grid_samples-1 side by side.
+    (one column per run, in ``runs`` order) shows the first ``grid_prompts`` prompts of the first
+    run's table (0 = no grid) with sample 0 of each run, or samples 0..grid_samples-1 side by side.
     """
     out_dir = Path(out_dir)
     runs, comparisons = list(runs), list(comparisons)
@@ -90,7 +90,7 @@ def write_report(out_dir: str | Path, runs: Sequence[RunResult], comparisons: Se
         _write_csv(out_dir / "comparisons.csv", [row for item in comparisons for row in comparison_rows(item)])
     grid = None
     if grid_prompts:
-        columns = grid_columns(runs, comparisons)
+        columns = [(run.name, run) for run in runs]
         grid = (write_grid(out_dir / "grids" / "grid.png", columns, grid_prompts, grid_samples or 1),
                 _grid_prompts(columns[0][1].table, grid_prompts))
     plots = write_plots(out_dir / "plots", runs)
@@ -148,17 +148,6 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 # Image grid
-
-
-def grid_columns(runs: list[RunResult], comparisons: list[dict]) -> list[tuple[str, RunResult]]:
-    """Grid columns as (header, run): the runs in report order under their names, except for exactly
-    two runs: "A: name" then "B: name", with A and B as in the first comparison of the two, if any."""
-    if len(runs) != 2:
-        return [(run.name, run) for run in runs]
-    by_name = {run.name: run for run in runs}
-    a, b = next(((item["a"], item["b"]) for item in comparisons if {item["a"], item["b"]} == set(by_name)),
-                (runs[0].name, runs[1].name))
-    return [(f"A: {a}", by_name[a]), (f"B: {b}", by_name[b])]
 
 
 def write_grid(path: Path, columns: list[tuple[str, RunResult]], prompts: int, samples: int = 1) -> Path:

@@ -15,7 +15,6 @@ test set, pairwise accuracy HPSv2 83.3% and PickScore 79.8%.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,19 +26,16 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from diffalign.data.pairs import DataError, load_pairs_jsonl, load_pickapic_table, open_pair_image
+
 TIE = 0.5
 LABELS = (0.0, TIE, 1.0)
-PARQUET_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0")
-PAIR_COLUMNS = ("caption", "image_0", "image_1", "label_0")  # normalised table columns = JSONL keys
 QUANTILE_LEVELS = 101  # default threshold candidates: 0 and the 0%, 1%, ..., 100% quantiles of |p0 - p1|
-_RENAME = {"jpg_0": "image_0", "jpg_1": "image_1"}
-_JSONL_FEATURES = datasets.Features({"caption": datasets.Value("string"), "image_0": datasets.Value("string"),
-                                     "image_1": datasets.Value("string"), "label_0": datasets.Value("float64")})
 
 Scores = Sequence[float] | np.ndarray | torch.Tensor
 
 
-class AccuracyDataError(ValueError):
+class AccuracyDataError(DataError):
     """Unusable test data or inputs; the message names the file, row and column (or argument)."""
 
 
@@ -247,14 +243,10 @@ def load_pairwise_test_set(source: str | Path, split: str = "test", limit: int |
     """
     name = str(source)
     limit = _check_limit(limit)
-    path = Path(source)
-    if path.suffix == ".jsonl":
-        table = _read_jsonl_pairs(path, limit)
-    else:
-        table = _read_parquet_pairs(path, name, split)
-        if limit is not None and len(table) > limit:
-            table = table.select(range(limit))
-        _check_table(table, name)
+    table = load_pairs_jsonl(Path(source)) if name.endswith(".jsonl") else load_pickapic_table(name, split)
+    if limit is not None and len(table) > limit:
+        table = table.select(range(limit))
+    _check_table(table, name)
     if len(table) == 0:
         raise AccuracyDataError(f"{name}: no pairs.")
     return PairwiseTestSet(source=name, table=table)
@@ -482,30 +474,6 @@ def _check_batch_size(batch_size: int) -> None:
         raise AccuracyDataError(f"batch_size must be a positive int, got {batch_size!r}.")
 
 
-def _read_parquet_pairs(path: Path, name: str, split: str) -> datasets.Dataset:
-    """The Pick-a-Pic table of a parquet file, a folder of them or a Hub id, with normalised columns."""
-    if path.is_dir():
-        files = sorted(str(file) for file in path.rglob("*.parquet"))
-        if not files:
-            raise AccuracyDataError(f"{name}: folder holds no .parquet files.")
-        table = datasets.load_dataset("parquet", data_files=files, split="train")
-    elif path.suffix == ".parquet":
-        if not path.is_file():
-            raise AccuracyDataError(f"{name}: parquet file not found.")
-        table = datasets.load_dataset("parquet", data_files=[str(path)], split="train")
-    else:
-        try:
-            table = datasets.load_dataset(name, split=split)
-        except (FileNotFoundError, ConnectionError, ValueError) as error:
-            raise AccuracyDataError(f"{name}: not a .parquet/.jsonl file or folder, and datasets.load_dataset "
-                                    f"could not load it (split {split!r}): {error}") from error
-    missing = [column for column in PARQUET_COLUMNS if column not in table.column_names]
-    if missing:
-        raise AccuracyDataError(f"{name}: missing column(s) {', '.join(missing)}; available columns: "
-                                f"{', '.join(table.column_names) or '(none)'}.")
-    return table.select_columns(list(PARQUET_COLUMNS)).rename_columns(_RENAME)
-
-
 def _check_table(table: datasets.Dataset, name: str) -> None:
     """Check the caption and label_0 columns row by row (images are checked when opened)."""
     columns = table.select_columns(["caption", "label_0"])[:]
@@ -519,47 +487,6 @@ def _check_label_value(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value not in LABELS:
         raise AccuracyDataError(f"{where} must be 1.0, 0.0 or 0.5 (tie), got {value!r}.")
     return float(value)
-
-
-def _read_jsonl_pairs(path: Path, limit: int | None) -> datasets.Dataset:
-    """The project's JSONL pairs (image paths made absolute and checked) as a normalised table."""
-    if not path.is_file():
-        raise AccuracyDataError(f"{path}: JSONL file not found.")
-    folder = path.resolve().parent
-    columns: dict[str, list] = {key: [] for key in PAIR_COLUMNS}
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if limit is not None and len(columns["caption"]) >= limit:
-                break
-            if line.strip():
-                record = _jsonl_record(line, f"{path}:{number}", folder)
-                for key in PAIR_COLUMNS:
-                    columns[key].append(record[key])
-    return datasets.Dataset.from_dict(columns, features=_JSONL_FEATURES)
-
-
-def _jsonl_record(line: str, where: str, folder: Path) -> dict[str, Any]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise AccuracyDataError(f"{where}: not valid JSON: {error}") from error
-    if not isinstance(record, dict):
-        raise AccuracyDataError(f"{where}: expected a JSON object, got {type(record).__name__}.")
-    missing = [key for key in PAIR_COLUMNS if key not in record]
-    if missing:
-        raise AccuracyDataError(f"{where}: missing key(s) {', '.join(missing)}; found {', '.join(record) or '(none)'}.")
-    if not isinstance(record["caption"], str):
-        raise AccuracyDataError(f"{where}: key caption must be a string, got {record['caption']!r}.")
-    label = _check_label_value(record["label_0"], f"{where}: key label_0")
-    normalised = {"caption": record["caption"], "label_0": label}
-    for key in ("image_0", "image_1"):
-        if not isinstance(record[key], str) or not record[key]:
-            raise AccuracyDataError(f"{where}: key {key} must be an image path, got {record[key]!r}.")
-        image = folder / record[key]
-        if not image.is_file():
-            raise AccuracyDataError(f"{where}: key {key}: image file not found: {image}")
-        normalised[key] = str(image)
-    return normalised
 
 
 def _ranked_group(row: Any, path: Path, index: int, root: Path,
@@ -596,7 +523,7 @@ def _pair_image_loader(test_set: PairwiseTestSet) -> Callable[[int], tuple[Image
     def load(index: int) -> tuple[Image.Image, str]:
         row, column = index // 2, f"image_{index % 2}"
         record = test_set.table[row]
-        return _open_image(record[column], test_set.source, row, column), record["caption"]
+        return open_pair_image(record[column], test_set.source, row, column).convert("RGB"), record["caption"]
     return load
 
 
@@ -606,24 +533,8 @@ def _ranked_image_loader(test_set: RankedTestSet) -> Callable[[int], tuple[Image
 
     def load(index: int) -> tuple[Image.Image, str]:
         group, path = flat[index]
-        return _open_image(path, test_set.source, group, "image_path"), test_set.prompts[group]
+        return open_pair_image(str(path), test_set.source, group, "image_path").convert("RGB"), test_set.prompts[group]
     return load
-
-
-def _open_image(value: Any, source: str, row: int, column: str) -> Image.Image:
-    """An RGB PIL image from bytes, a path, a ``{"bytes", "path"}`` dict or a PIL image."""
-    if isinstance(value, Image.Image):
-        return value.convert("RGB")
-    if isinstance(value, dict):
-        value = value.get("bytes") or value.get("path")
-    if not isinstance(value, (bytes, bytearray, str, Path)):
-        raise AccuracyDataError(f"{source} row {row}: column {column} holds {type(value).__name__}, "
-                                f"expected image bytes or a path.")
-    try:
-        with Image.open(io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as error:
-        raise AccuracyDataError(f"{source} row {row}: column {column} is not a readable image: {error}") from error
 
 
 def _score_all(scorer: Callable, count: int, load: Callable[[int], tuple[Image.Image, str]], batch_size: int,

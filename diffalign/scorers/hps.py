@@ -65,12 +65,11 @@ def build_open_clip(architecture: str):
     if name not in open_clip.list_models():
         raise ScorerLoadError(f"unknown open_clip architecture {architecture!r}; HPS uses ViT-H-14. "
                               "Pass an open_clip model name or a model config .json path.")
-    logging.disable(logging.WARNING)  # open_clip warns "no pretrained weights loaded": the caller loads them
+    logging.disable(logging.WARNING)  # open_clip logs "no pretrained weights loaded": the caller loads them
     try:
-        model = open_clip.create_model(name, pretrained=None, device="cpu")
+        return open_clip.create_model(name, pretrained=None, device="cpu"), open_clip.get_tokenizer(name)
     finally:
         logging.disable(logging.NOTSET)
-    return model, open_clip.get_tokenizer(name)
 
 
 def load_hps(version: str = "hpsv2.1", checkpoint: str = "xswu/HPSv2", architecture: str = "ViT-H-14",
