@@ -174,7 +174,7 @@ def load_pickscore(model: str = "yuvalkirstain/PickScore_v1",
 def load_clipscore(model: str = "openai/clip-vit-base-patch32", weight: float = 2.5,
                    text_prefix: str = "A photo depicts ", batch_size: int = 32) -> ClipSimilarity:
     """CLIPScore of Hessel et al. (2021): ``2.5 · max(cos, 0)`` on CLIP ViT-B/32, captions prefixed
-    with "A photo depicts " as in the authors' code. Range [0, 2.5], typically 0.6-0.9."""
+    with "A photo depicts " as in the authors' code. Range [0, 2.5]."""
     clip = load_clip(model, "CLIPScore model", "model")
     tokenizer, preprocess = load_processing(model, "CLIPScore processor", "model")
     return ClipSimilarity(clip, tokenizer, preprocess, name="clipscore", multiplier=weight, floor_zero=True,
@@ -183,7 +183,7 @@ def load_clipscore(model: str = "openai/clip-vit-base-patch32", weight: float = 
 
 
 def load_clipscore_l14(model: str = "openai/clip-vit-large-patch14", batch_size: int = 32) -> ClipSimilarity:
-    """CLIPScore as torchmetrics defines it: ``100 · max(cos, 0)`` on CLIP ViT-L/14, no prefix (about 20-35)."""
+    """CLIPScore as torchmetrics defines it: ``100 · max(cos, 0)`` on CLIP ViT-L/14, no prefix. Range [0, 100]."""
     clip = load_clip(model, "CLIPScore-L14 model", "model")
     tokenizer, preprocess = load_processing(model, "CLIPScore-L14 processor", "model")
     return ClipSimilarity(clip, tokenizer, preprocess, name="clipscore-l14", multiplier=100.0, floor_zero=True,
