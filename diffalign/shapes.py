@@ -40,6 +40,9 @@ SQUARE_FILL, TRIANGLE_FILL = 0.9, 0.65  # fill ratio above SQUARE_FILL = square,
 LARGE_EXTENT = 23  # bounding-box side (pixels) above which an object counts as large
 THIRD = SIZE / 3
 
+# Every word a caption can use (the vocabulary of the embedded model's tokenizer).
+WORDS = ("a", "an", "and", "on", "at", "in", "the", *HALF_EXTENT, *COLORS, *SHAPES, *POSITIONS)
+
 
 @dataclass(frozen=True)
 class ShapeSpec:
@@ -134,7 +137,7 @@ class ObjectCheck:
     @property
     def correct(self) -> bool:
         """Every stated attribute is right."""
-        return all(value is not False for value in (self.color, self.shape, self.size, self.position))
+        return all(value is None or bool(value) for value in (self.color, self.shape, self.size, self.position))
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,13 @@ class CheckResult:
     @property
     def correct(self) -> bool:
         return all(item.correct for item in self.objects)
+
+    @property
+    def fraction_right(self) -> float:
+        """Right attributes / stated attributes over all objects, in [0, 1] (colour and shape always count)."""
+        values = [value for item in self.objects for value in (item.color, item.shape, item.size, item.position)
+                  if value is not None]
+        return sum(values) / len(values)
 
     def attribute_accuracy(self, attribute: str) -> float | None:
         """Fraction of objects whose ``attribute`` is right, over the objects where it is stated."""
@@ -178,7 +188,7 @@ def check(image: Image.Image, caption: str) -> CheckResult:
         results.append(ObjectCheck(
             color=True, shape=shape == spec.shape,
             size=None if spec.size is None else size == spec.size,
-            position=None if spec.position is None else _position_ok(spec.position, xs.mean(), ys.mean())))
+            position=None if spec.position is None else bool(_position_ok(spec.position, xs.mean(), ys.mean()))))
     return CheckResult(tuple(results))
 
 
@@ -212,13 +222,43 @@ def make_dataset(count: int, seed: int, **sample_options) -> list[tuple[Image.Im
 
 
 def corrupt(scene: Scene, rng: random.Random) -> Scene:
-    """The same caption with one object's colour or shape changed in the picture (a wrong image)."""
+    """The same caption with one stated attribute of one object changed in the picture (a wrong image):
+    colour or shape, or size or position where the caption states them."""
     index = rng.randrange(len(scene.objects))
-    spec = scene.objects[index]
-    if rng.random() < 0.5:
+    spec, stated = scene.objects[index], parse_caption(scene.caption)[index]
+    choices = ["color", "shape"] + [name for name in ("size", "position") if getattr(stated, name) is not None]
+    attribute = rng.choice(choices)
+    if attribute == "color":
         used = {item.color for item in scene.objects}
         wrong = replace(spec, color=rng.choice([c for c in COLORS if c not in used]))
-    else:
+    elif attribute == "shape":
         wrong = replace(spec, shape=rng.choice([s for s in SHAPES if s != spec.shape]))
+    elif attribute == "size":
+        wrong = replace(spec, size="small" if spec.size == "large" else "large")
+    else:
+        wrong = replace(spec, position=FAR_POSITIONS[spec.position or "center"])
     objects = tuple(wrong if i == index else item for i, item in enumerate(scene.objects))
     return Scene(objects, scene.caption)
+
+
+FAR_POSITIONS = {"left": "right", "right": "left", "top": "bottom", "bottom": "top", "center": "left"}
+WORD_CLASSES = (tuple(COLORS), SHAPES, tuple(HALF_EXTENT))
+
+
+def perturb_caption(caption: str, rng: random.Random) -> str:
+    """A caption one word away from ``caption`` that describes a different scene: a colour, shape or
+    size word replaced by another of its kind, a position moved, or two objects' order swapped."""
+    words = caption.split()
+    options = [i for i, word in enumerate(words) if any(word in group for group in WORD_CLASSES)]
+    two_objects = " and " in caption
+    if two_objects and rng.random() < 0.2:
+        first, second = caption.split(" and ")
+        return f"{second} and {first}"
+    if not two_objects and words[-1] in POSITIONS and rng.random() < 0.3:
+        position = rng.choice([p for p in POSITIONS if p != words[-1]])
+        preposition = "in" if position == "center" else "on" if position in ("left", "right") else "at"
+        return " ".join(words[:-3] + [preposition, "the", position])
+    index = rng.choice(options)
+    group = next(group for group in WORD_CLASSES if words[index] in group)
+    words[index] = rng.choice([word for word in group if word not in words])
+    return " ".join(words)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from diffalign.shapes import (SIZE, Scene, ShapeSpec, check, corrupt, make_dataset, parse_caption, render,
-                              sample_scene)
+from diffalign.shapes import (SIZE, Scene, ShapeSpec, check, corrupt, make_dataset, parse_caption, perturb_caption,
+                              render, sample_scene)
 
 
 def test_generation_is_deterministic_per_seed():
@@ -60,3 +60,47 @@ def test_checker_tolerates_mild_blur():
     data = make_dataset(200, seed=3)
     blurred = [check(image.filter(ImageFilter.GaussianBlur(1.0)), scene.caption).correct for image, scene in data]
     assert np.mean(blurred) > 0.9
+
+
+def test_corruption_changes_a_stated_attribute_of_every_kind():
+    rng = random.Random(3)
+    scene = Scene((ShapeSpec("red", "circle", "large", "left"),), "a large red circle on the left")
+    changed = set()
+    for _ in range(60):
+        wrong = corrupt(scene, rng).objects[0]
+        differing = [name for name in ("color", "shape", "size", "position")
+                     if getattr(wrong, name) != getattr(scene.objects[0], name)]
+        assert len(differing) == 1
+        changed.add(differing[0])
+    assert changed == {"color", "shape", "size", "position"}
+    unstated = Scene((ShapeSpec("red", "circle", "large", "left"),), "a red circle")
+    assert all(corrupt(unstated, rng).objects[0].size == "large" for _ in range(30))
+
+
+def test_perturbed_captions_stay_in_the_grammar_and_change_the_scene():
+    rng = random.Random(4)
+    for _ in range(300):
+        caption = sample_scene(rng).caption
+        other = perturb_caption(caption, rng)
+        assert other != caption
+        assert parse_caption(other) != parse_caption(caption)
+
+
+def test_fraction_right_counts_stated_attributes():
+    rng = random.Random(0)
+    image = render(Scene((ShapeSpec("red", "circle", "large", "left"),), ""), rng)
+    assert check(image, "a small red square on the right").fraction_right == pytest.approx(1 / 4)
+    assert check(image, "a red circle").fraction_right == 1.0
+    both = check(image, "a red circle and a blue square")  # red circle ok (3/3); blue absent (0/3)
+    assert both.fraction_right == pytest.approx(3 / 6)
+
+
+def test_word_tokenizer_keeps_every_caption_word_whole(tmp_path):
+    from diffalign.shapes import WORDS
+    from diffalign.tiny import write_word_tokenizer
+
+    tokenizer = write_word_tokenizer(tmp_path / "tok", WORDS)
+    assert all(tokenizer.tokenize(word) == [word + "</w>"] for word in WORDS)
+    ids = tokenizer("a large red circle on the left").input_ids
+    assert len(ids) == 2 + 7 and ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.tokenize("a red cat")[-1] != "<|endoftext|>"  # unknown words fall back to characters
