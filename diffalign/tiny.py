@@ -57,6 +57,37 @@ def build_random_pipeline(config_dir: str | Path, out_dir: str | Path, seed: int
     return out_dir
 
 
+def write_word_tokenizer(folder: str | Path, words: list[str] | tuple[str, ...], max_length: int = 32):
+    """A CLIP BPE tokenizer whose vocabulary holds ``words`` as single tokens, written to ``folder``.
+
+    The base vocabulary is printable ASCII (with and without the ``</w>`` word-end mark), so any text
+    tokenizes; merges are added, one at a time, until every word of ``words`` is one token. Files are
+    the standard ``vocab.json`` / ``merges.txt`` / ``tokenizer_config.json``, loaded by
+    ``CLIPTokenizer.from_pretrained(folder)`` (returned). Deterministic for a given word list.
+    """
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = [chr(code) for code in range(33, 127)]
+    vocab = {token: i for i, token in enumerate(chars + [char + "</w>" for char in chars])}
+    merges: list[tuple[str, str]] = []
+    for _ in range(sum(len(word) for word in words) + 1):
+        full = {**vocab, "<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1}
+        (folder / "vocab.json").write_text(json.dumps(full))
+        (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+        (folder / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "CLIPTokenizer", "model_max_length": max_length, "bos_token": "<|startoftext|>",
+            "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}, indent=2))
+        tokenizer = CLIPTokenizer.from_pretrained(folder)
+        split = next((pieces for pieces in map(tokenizer.tokenize, words) if len(pieces) > 1), None)
+        if split is None:
+            return tokenizer
+        merges.append((split[0], split[1]))
+        vocab.setdefault(split[0] + split[1], len(vocab))
+    raise RuntimeError("BPE merges did not converge")  # each merge shortens a word, so this is unreachable
+
+
 # Scorers ------------------------------------------------------------------------------------------
 
 _SCORER_ARCHS = {  # registered scorer -> (tiny architecture, real-size architecture)

@@ -171,6 +171,18 @@ def load_pickscore(model: str = "yuvalkirstain/PickScore_v1",
                           scale="PickScore: logit_scale.exp() * cosine, about 20-23 for SD outputs")
 
 
+def load_shapes_clip(model: str | None = None, batch_size: int = 64) -> ClipSimilarity:
+    """The embedded tiny scorer (assets/models/shapes-clip, trained by scripts/pretrain_tiny_scorer.py on the
+    procedural shapes data): PickScore's formula ``logit_scale.exp() · cos`` on a 64 px CLIP, in [-100, 100]."""
+    from diffalign.paths import asset
+
+    model = model or str(asset("models", "shapes-clip"))
+    clip = load_clip(model, "shapes-clip model", "model")
+    tokenizer, preprocess = load_processing(model, "shapes-clip processor", "model")
+    return ClipSimilarity(clip, tokenizer, preprocess, name="shapes-clip", batch_size=batch_size,
+                          scale="logit_scale.exp() * cosine of the embedded 64 px CLIP, in [-100, 100]")
+
+
 def load_clipscore(model: str = "openai/clip-vit-base-patch32", weight: float = 2.5,
                    text_prefix: str = "A photo depicts ", batch_size: int = 32) -> ClipSimilarity:
     """CLIPScore of Hessel et al. (2021): ``2.5 · max(cos, 0)`` on CLIP ViT-B/32, captions prefixed

@@ -15,7 +15,8 @@ from typing import Callable
 import torch
 
 from diffalign.scorers.base import Scorer
-from diffalign.scorers.clip import load_aesthetic, load_clipscore, load_clipscore_l14, load_pickscore
+from diffalign.scorers.checker import ShapesChecker
+from diffalign.scorers.clip import load_aesthetic, load_clipscore, load_clipscore_l14, load_pickscore, load_shapes_clip
 from diffalign.scorers.hps import load_hps
 from diffalign.scorers.jpeg import JpegSizeScorer
 
@@ -109,6 +110,12 @@ register_scorer("hpsv2.1", functools.partial(load_hps, "hpsv2.1"), "HPSv2.1 (ope
 register_scorer("aesthetic", load_aesthetic, "LAION aesthetic v2 (CLIP ViT-L/14 + MLP), ~5.4-6.4 for SD outputs")
 register_scorer("clipscore", load_clipscore, "CLIPScore, Hessel et al.: 2.5 * max(cosine, 0) on CLIP ViT-B/32")
 register_scorer("clipscore-l14", load_clipscore_l14, "CLIPScore, torchmetrics: 100 * max(cosine, 0) on CLIP ViT-L/14")
+register_scorer("shapes-clip", load_shapes_clip,
+                "embedded tiny CLIP for the shapes model (assets/models/shapes-clip): logit_scale.exp() * cosine")
+register_scorer("shapes-checker", functools.partial(ShapesChecker, "correct"),
+                "programmatic checker of shapes captions: 1 if every stated attribute is right, else 0")
+register_scorer("shapes-checker-fraction", functools.partial(ShapesChecker, "fraction"),
+                "programmatic checker of shapes captions: right attributes / stated attributes, in [0, 1]")
 register_scorer("jpeg-compressibility", functools.partial(JpegSizeScorer, -1),
                 "minus the JPEG size in kB at quality 95 (DDPO)")
 register_scorer("jpeg-incompressibility", functools.partial(JpegSizeScorer, 1),
