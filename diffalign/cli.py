@@ -1,6 +1,6 @@
 """The ``diffalign`` command.
 
-    diffalign demo [--out DIR] [--steps N]                 the end-to-end demo on the tiny model
+    diffalign demo [--out DIR] [--steps N] [key=value ...] the end-to-end demo on the embedded tiny model
     diffalign train dpo --config FILE [key=value ...]      Diffusion-DPO (LoRA or full)
     diffalign train sft --config FILE [key=value ...]      SFT on preferred images (baseline)
     diffalign cache --config FILE [key=value ...]          only build the latent/text cache
@@ -65,7 +65,17 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = commands.add_parser("demo", help="end-to-end demo on the tiny embedded model (CPU, minutes)")
     demo.add_argument("--out", default="outputs/demo", help="output folder")
-    demo.add_argument("--steps", type=int, default=60, help="DPO optimizer steps")
+    demo.add_argument("--steps", type=int, default=200, help="DPO optimizer steps")
+    demo.add_argument("--train-prompts", type=int, default=64, help="training captions drawn from the shapes grammar")
+    demo.add_argument("--images-per-prompt", type=int, default=4, help="images generated and ranked per caption")
+    demo.add_argument("--eval-images-per-prompt", type=int, default=4, help="held-out images per prompt and model")
+    demo.add_argument("--eval-limit", type=int, default=None, help="use only the first N held-out prompts")
+    demo.add_argument("--inference-steps", type=int, default=20, help="DDIM steps per image")
+    demo.add_argument("--margin", type=float, default=None,
+                      help="drop pairs whose shapes-clip scores differ by at most this (default: DemoSettings.margin)")
+    demo.add_argument("--model", default=None, help="base pipeline folder (default: the embedded assets/models/shapes-sd)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("overrides", nargs="*", help="key=value overrides of assets/configs/shapes-dpo.yaml, e.g. train.beta=1000")
 
     train = commands.add_parser("train", help="train a model")
     train.add_argument("method", choices=["dpo", "sft"])
@@ -291,9 +301,14 @@ def _run(args) -> int:
     if args.command == "scorers":
         return _list_scorers()
     if args.command == "demo":
-        from diffalign.demo import run_demo
+        from diffalign.demo import DemoSettings, run_demo
 
-        run_demo(args.out, steps=args.steps)
+        settings = DemoSettings(train_prompts=args.train_prompts, images_per_prompt=args.images_per_prompt,
+                                eval_images_per_prompt=args.eval_images_per_prompt, eval_limit=args.eval_limit,
+                                num_inference_steps=args.inference_steps, dpo_steps=args.steps, seed=args.seed,
+                                **({"model": args.model} if args.model else {}),
+                                **({"margin": args.margin} if args.margin is not None else {}))
+        run_demo(args.out, settings, args.overrides)
     elif args.command == "train":
         from diffalign.training import train_dpo
 

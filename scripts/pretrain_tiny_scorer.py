@@ -131,7 +131,7 @@ def main() -> None:
         rng = random.Random(args.seed * 1_000_003 + step)
         images, captions = batch(rng, args.batch_size)
         for group in optimizer.param_groups:
-            group["lr"] = 1e-3 * min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / args.steps))
+            group["lr"] = float(1e-3 * min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / args.steps)))
         scores = similarities(model, preprocess, tokenizer, images, captions)
         targets = torch.arange(args.batch_size)
         loss = (F.cross_entropy(scores[:args.batch_size], targets) + F.cross_entropy(scores.T[:args.batch_size], targets)) / 2

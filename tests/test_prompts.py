@@ -158,9 +158,9 @@ def test_hf_dataset_local_parquet_file_and_folder(tmp_path):
 def test_builtin_sets():
     assert {"shapes-demo", "mini-bench"} <= set(builtin_prompt_sets())
     shapes = load_prompt_set("shapes-demo")
-    assert len(shapes) >= 20
-    assert shapes.categories() == ["colour", "shape", "position", "two-objects"]
-    assert shapes.records[0] == PromptRecord("00000", "a red circle", "colour")
+    assert len(shapes) == 36
+    assert shapes.categories() == ["one-object", "position", "two-objects"]
+    assert shapes.records[0] == PromptRecord("00000", "a large red circle", "one-object")
     bench = load_prompt_set("mini-bench")
     assert len(bench) == 40 and len(bench.categories()) == 8
 

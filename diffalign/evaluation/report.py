@@ -7,7 +7,8 @@ Report folder (every path relative to it, no external URLs, no JavaScript)::
     results.csv        tables.summary_rows of every run (category "all" = overall)
     comparisons.csv    tables.comparison_rows of every comparison (only when there are comparisons)
     grids/grid.png     first ``grid_prompts`` prompts: one row per prompt, one column per run
-    plots/*.png        per scorer: score histogram of every run; per-category means with CIs
+    plots/*.png        figures given by the caller (e.g. training curves), then per scorer: score
+                       histogram of every run; per-category means with CIs
 
 Summaries and comparisons follow the schemas of :mod:`diffalign.evaluation.tables`. Text files
 are written atomically (temporary file in the same folder, then ``os.replace``), and so are images.
@@ -72,8 +73,11 @@ class RunResult:
 
 
 def write_report(out_dir: str | Path, runs: Sequence[RunResult], comparisons: Sequence[dict] = (),
-                 title: str = "diffalign evaluation", grid_prompts: int = 8, grid_samples: int | None = None) -> Path:
+                 title: str = "diffalign evaluation", grid_prompts: int = 8, grid_samples: int | None = None,
+                 figures: Sequence[tuple[str, str | Path]] = ()) -> Path:
     """Write the report folder (layout in the module docstring) and return the path of its index.html.
+
+    ``figures`` are (caption, PNG path) pairs copied into plots/ and shown before the score plots.
 
     ``comparisons`` are tables.compare dicts whose "a" and "b" name runs of ``runs``. The grid
     (one column per run, in ``runs`` order) shows the first ``grid_prompts`` prompts of the first
@@ -93,7 +97,8 @@ def write_report(out_dir: str | Path, runs: Sequence[RunResult], comparisons: Se
         columns = [(run.name, run) for run in runs]
         grid = (write_grid(out_dir / "grids" / "grid.png", columns, grid_prompts, grid_samples or 1),
                 _grid_prompts(columns[0][1].table, grid_prompts))
-    plots = write_plots(out_dir / "plots", runs)
+    plots = [(caption, _copy_figure(Path(path), out_dir / "plots" / f"figure-{i:02d}.png"))
+             for i, (caption, path) in enumerate(figures)] + write_plots(out_dir / "plots", runs)
     index = out_dir / "index.html"
     _write_text(index, render_html(out_dir, title, runs, comparisons, grid, plots))
     return index
@@ -135,6 +140,14 @@ def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _copy_figure(source: Path, path: Path) -> Path:
+    if not source.is_file():
+        raise ReportError(f"figure {source} does not exist")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, lambda tmp: tmp.write_bytes(source.read_bytes()))
+    return path
 
 
 def _write_text(path: Path, text: str) -> None:

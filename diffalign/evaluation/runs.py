@@ -35,8 +35,10 @@ def compare_runs(run_a: str | Path, run_b: str | Path, scorers: list[str] | None
 
 
 def report_runs(run_dirs: list[str | Path], out_dir: str | Path, title: str = "diffalign evaluation",
-                grid_prompts: int = 8, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> Path:
-    """Summaries of every run, comparisons of each run against the first (the baseline), one HTML report."""
+                grid_prompts: int = 8, confidence: float = 0.95, resamples: int = 2000, seed: int = 0,
+                grid_samples: int | None = None, figures: list[tuple[str, str | Path]] = ()) -> Path:
+    """Summaries of every run, comparisons of each run against the first (the baseline), one HTML report
+    (``figures``: extra (caption, PNG) pairs shown with the plots, e.g. training curves)."""
     runs = []
     for run_dir in run_dirs:
         summary = summarize_run(run_dir, confidence, resamples, seed)
@@ -47,7 +49,8 @@ def report_runs(run_dirs: list[str | Path], out_dir: str | Path, title: str = "d
                                      "`diffalign eval generate --name`")
     comparisons = [compare_runs(run_dir, run_dirs[0], confidence=confidence, resamples=resamples, seed=seed)
                    for run_dir in run_dirs[1:]]
-    return write_report(out_dir, runs, comparisons, title=title, grid_prompts=grid_prompts)
+    return write_report(out_dir, runs, comparisons, title=title, grid_prompts=grid_prompts, grid_samples=grid_samples,
+                        figures=figures)
 
 
 def format_summary(summary: dict) -> str:

@@ -1,0 +1,87 @@
+"""The embedded tiny model and scorer in assets/models load through the code paths users run, and work;
+the scripts that trained them run (a few steps) and resume."""
+
+from __future__ import annotations
+
+import json
+import random
+import runpy
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from diffalign import shapes
+from diffalign.paths import asset
+from diffalign.scorers import get_scorer
+
+HELD_OUT = ["a large red circle", "a small blue square on the left", "a large green triangle at the top",
+            "a yellow circle and a purple square", "a large orange square in the center", "a small purple triangle"]
+
+
+def test_shipped_pipeline_loads_with_from_pretrained_and_draws_the_prompt():
+    pipeline = StableDiffusionPipeline.from_pretrained(asset("models", "shapes-sd"))
+    pipeline.set_progress_bar_config(disable=True)
+    assert pipeline.tokenizer.tokenize("a small purple triangle") == ["a</w>", "small</w>", "purple</w>", "triangle</w>"]
+    prompts = HELD_OUT * 2
+    images = pipeline(prompts, num_inference_steps=20, guidance_scale=5.0,
+                      generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))]).images
+    assert all(image.size == (shapes.SIZE, shapes.SIZE) for image in images)
+    results = [shapes.check(image, prompt) for image, prompt in zip(images, prompts)]
+    shape_accuracy = np.mean([r.attribute_accuracy("shape") for r in results])
+    assert shape_accuracy > 1 / len(shapes.SHAPES) + 0.15  # well above chance (1/3)
+    assert np.mean([r.correct for r in results]) > 0.2
+
+
+def test_shipped_scorer_prefers_the_right_image_of_a_caption():
+    scorer = get_scorer("shapes-clip", device="cpu")
+    rng = random.Random(123)
+    scenes = [shapes.sample_scene(rng) for _ in range(100)]
+    right = [shapes.render(scene, rng) for scene in scenes]
+    wrong = [shapes.render(shapes.corrupt(scene, rng), rng) for scene in scenes]
+    captions = [scene.caption for scene in scenes]
+    assert (scorer(right, captions) > scorer(wrong, captions)).float().mean() > 0.85
+
+
+def test_checker_scorers_score_ground_truth_and_wrong_images():
+    rng = random.Random(5)
+    scenes = [shapes.sample_scene(rng) for _ in range(30)]
+    right = [shapes.render(scene, rng) for scene in scenes]
+    wrong = [shapes.render(shapes.corrupt(scene, rng), rng) for scene in scenes]
+    captions = [scene.caption for scene in scenes]
+    checker, fraction = get_scorer("shapes-checker"), get_scorer("shapes-checker-fraction")
+    assert checker(right, captions).tolist() == [1.0] * 30
+    assert checker(wrong, captions).tolist() == [0.0] * 30
+    assert fraction(right, captions).tolist() == [1.0] * 30
+    assert (fraction(wrong, captions) < 1).all()
+    with pytest.raises(TypeError, match="no differentiable"):
+        checker(torch.rand(1, 3, 64, 64), "a red circle", path="tensor")
+
+
+def _run_script(name: str, args: list[str], monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", [name, *args])
+    runpy.run_path(str(asset("..", "scripts", name)), run_name="__main__")
+
+
+def test_pretrain_scripts_run_resume_and_write_loadable_folders(tmp_path, monkeypatch):
+    _run_script("pretrain_tiny_scorer.py", ["--out", str(tmp_path / "clip"), "--work", str(tmp_path / "clip-work"),
+                                            "--steps", "2", "--eval-every", "2", "--eval-scenes", "8"], monkeypatch)
+    _run_script("pretrain_tiny_scorer.py", ["--out", str(tmp_path / "clip"), "--work", str(tmp_path / "clip-work"),
+                                            "--steps", "3", "--eval-every", "3", "--eval-scenes", "8"], monkeypatch)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "clip-work" / "log.jsonl").read_text().splitlines()]
+    assert steps == [2, 3]  # the second run resumed at step 2
+    scores = get_scorer(f"shapes-clip:model={tmp_path / 'clip'}")([shapes.render(shapes.sample_scene(random.Random(0)),
+                                                                                  random.Random(0))], "a red circle")
+    assert scores.shape == (1,) and torch.isfinite(scores).all()
+
+    _run_script("pretrain_tiny.py", ["--out", str(tmp_path / "sd"), "--work", str(tmp_path / "sd-work"),
+                                     "--vae-steps", "2", "--vae-batch-size", "4", "--scenes", "32", "--steps", "2",
+                                     "--batch-size", "4", "--eval-every", "2", "--eval-images", "2"], monkeypatch)
+    report = json.loads((tmp_path / "sd" / "pretrain_report.json").read_text())
+    assert set(report["held_out_checker"]) == {"guidance_1", "guidance_3", "guidance_5", "guidance_7.5"}
+    pipeline = StableDiffusionPipeline.from_pretrained(tmp_path / "sd")
+    assert pipeline.vae.config.scaling_factor != 0.18215  # set from the latents' std
+    image = pipeline("a red circle", num_inference_steps=2, output_type="np").images[0]
+    assert image.shape == (shapes.SIZE, shapes.SIZE, 3)
