@@ -38,6 +38,7 @@ from diffusers.training_utils import EMAModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from diffalign import shapes
+from diffalign.scorers.preprocess import tensor_to_pil
 from diffalign.tiny import write_word_tokenizer
 
 NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -67,7 +68,7 @@ def build_text_encoder(vocab_size: int, max_length: int) -> CLIPTextModel:
 
 
 def to_tensor(images: list) -> torch.Tensor:
-    """PIL images -> float tensor [B, 3, H, W] in [-1, 1] (the VAE's range)."""
+    """PIL images -> float tensor [B, 3, H, W] in [-1, 1] (the VAE's range; x / 127.5 - 1 as in the shipped run)."""
     array = np.stack([np.asarray(image, dtype=np.float32) for image in images])
     return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0
 
@@ -117,20 +118,12 @@ def train_vae(work: Path, steps: int, batch_size: int, seed: int) -> Autoencoder
         latents = vae.encode(to_tensor(images)).latent_dist.mean
         vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
         decoded = vae.decode(latents).sample
-    reconstructions = tensor_to_pil(decoded)
+    reconstructions = tensor_to_pil(decoded / 2 + 0.5)
     accuracy = np.mean([shapes.check(image, caption).correct for image, caption in zip(reconstructions, captions)])
     log_line(work / "vae_log.jsonl", {"stage": "vae", "checker_correct_on_reconstructions": float(accuracy),
                                       "scaling_factor": vae.config.scaling_factor})
     vae.save_pretrained(folder, safe_serialization=True)
     return vae
-
-
-def tensor_to_pil(pixels: torch.Tensor) -> list:
-    """[-1, 1] tensor [B, 3, H, W] -> PIL images."""
-    from PIL import Image
-
-    array = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return [Image.fromarray(item) for item in array]
 
 
 def encode_dataset(work: Path, vae: AutoencoderKL, count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
