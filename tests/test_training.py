@@ -245,3 +245,20 @@ def test_streaming_pickapic_parquet_trains_and_resumes(tmp_path, tiny_sd):
     resumed = make_trainer(tiny_config(tmp_path, tiny_sd, *common, "train.max_steps=4", "checkpoint.resume_from=latest"))
     assert resumed.global_step == 2
     assert resumed.train()["step"] == 4
+
+
+def test_cache_key_follows_the_data_content_not_only_its_path(tmp_path, tiny_sd):
+    from conftest import TINY_PAIRS
+
+    rows = [json.loads(line) for line in TINY_PAIRS.read_text().splitlines() if line.strip()]
+    for row in rows:
+        row["image_0"], row["image_1"] = (str(TINY_PAIRS.parent / row[key]) for key in ("image_0", "image_1"))
+    pairs = tmp_path / "pairs.jsonl"
+    decided = [row for row in rows if row["label_0"] != 0.5]
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in decided[:10]))
+    config = tiny_config(tmp_path, tiny_sd, "cache.enabled=true", f"data.path={pairs}")
+    first = make_trainer(config)
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in decided[:6]))
+    second = make_trainer(config)
+    assert len(first.dataset) == 10 and len(second.dataset) == 6
+    assert second.dataset.folder != first.dataset.folder

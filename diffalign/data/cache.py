@@ -26,6 +26,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from diffalign.data.pairs import DataError
+
 from diffalign.models import DTYPES, Components, encode_images, encode_prompts
 
 logger = logging.getLogger(__name__)
@@ -41,10 +43,33 @@ def cache_settings(config, components: Components) -> dict:
         "model": model.pretrained, "revision": model.revision, "variant": model.variant, "vae": model.vae,
         "vae_dtype": model.vae_dtype, "mixed_precision": model.mixed_precision, "sdxl": components.is_sdxl,
         "data_format": data.format, "data_path": str(Path(data.path).resolve()) if Path(data.path).exists() else data.path,
+        "data_fingerprint": data_fingerprint(data.path),
         "split": data.split, "max_pairs": data.max_pairs, "resolution": data.resolution,
         "center_crop": data.center_crop, "random_flip": data.random_flip, "dtype": config.cache.dtype,
         "shard_size": config.cache.shard_size, "latents": "posterior mean * scaling_factor",
     }
+
+
+FINGERPRINT_CONTENT_LIMIT = 64 * 2**20  # local files up to this size are hashed by content, larger ones by size + mtime
+
+
+def data_fingerprint(path: str) -> str | None:
+    """What identifies the contents of a local data file or folder (None for Hub names): a content hash
+    of files up to 64 MiB, size and modification time of larger ones, so rewritten data at the same
+    path gets a new cache key."""
+    root = Path(path)
+    if not root.exists():
+        return None
+    files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file.relative_to(root) if file != root else file.name}:{stat.st_size}:".encode())
+        if stat.st_size <= FINGERPRINT_CONTENT_LIMIT:
+            digest.update(hashlib.sha256(file.read_bytes()).digest())
+        else:
+            digest.update(str(stat.st_mtime_ns).encode())
+    return digest.hexdigest()[:16]
 
 
 def cache_key(settings: dict) -> str:
@@ -70,6 +95,10 @@ def build_cache(dataset, components: Components, config, accelerator) -> "Cached
     folder = Path(config.cache.dir) / cache_key(settings)
     manifest_path = folder / "manifest.json"
     if manifest_path.is_file() and json.loads(manifest_path.read_text()).get("complete"):
+        cached_pairs = json.loads(manifest_path.read_text()).get("num_pairs")
+        if cached_pairs != len(dataset):
+            raise DataError(f"cache {folder} holds {cached_pairs} pairs but the data has {len(dataset)}; the data "
+                            "changed in a way the cache key cannot see: delete that folder and run again")
         logger.info("using cache %s", folder)
         return CachedPairDataset(folder)
     device, dtype = accelerator.device, DTYPES[config.cache.dtype]
