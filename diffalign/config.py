@@ -94,6 +94,8 @@ class CacheConfig:
 class TrainConfig:
     objective: str = _opt("dpo", "dpo = Diffusion-DPO; sft = supervised fine-tuning on winners only.", ("dpo", "sft"))
     beta: float = _opt(5000.0, "DPO beta, authors' convention (mean over latent elements, -0.5*beta).")
+    positive_lambda: float = _opt(0.0, "DPO-Positive penalty: logit -= 0.5*beta*lambda*relu(err_w - ref_err_w) "
+                                       "(0 = Diffusion-DPO); keeps the winners' error from growing.")
     batch_size: int = _opt(1, "Pairs per device per micro-step.")
     gradient_accumulation_steps: int = _opt(1, "Micro-steps per optimizer step (ignored if total_batch_size is set).")
     total_batch_size: int | None = _opt(None, "Pairs per optimizer step over all devices; derives gradient accumulation.")
@@ -166,6 +168,7 @@ class DPORunConfig:
                 raise ConfigError(f"{key} must be > 0, got {value}.")
         non_negative = {"train.learning_rate": self.train.learning_rate, "train.warmup_steps": self.train.warmup_steps,
                         "train.max_grad_norm": self.train.max_grad_norm, "checkpoint.every": self.checkpoint.every,
+                        "train.positive_lambda": self.train.positive_lambda,
                         "validation.every": self.validation.every, "data.num_workers": self.data.num_workers}
         for key, value in non_negative.items():
             if value < 0:
@@ -311,6 +314,8 @@ def conventions(config: DPORunConfig) -> dict[str, str]:
     """The numeric conventions of a run, logged at start and written into the model card."""
     return {
         "beta": f"{config.train.beta} (Diffusion-DPO authors' scale: logit = -0.5*beta*(model diff - ref diff))",
+        "positive_lambda": f"{config.train.positive_lambda} (DPO-Positive: logit -= 0.5*beta*lambda*"
+                           "relu(err_w - ref_err_w); 0 = plain Diffusion-DPO)",
         "error_reduction": "per-sample MSE = mean over latent C,H,W (not sum)",
         "loss_reduction": "-logsigmoid per pair, then mean over pairs",
         "image_range": "VAE input in [-1, 1]; latents = posterior mean * scaling_factor",

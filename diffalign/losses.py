@@ -61,18 +61,26 @@ class DPOOutput:
 
 
 def diffusion_dpo_loss(model_err_w: torch.Tensor, model_err_l: torch.Tensor,
-                       ref_err_w: torch.Tensor, ref_err_l: torch.Tensor, beta: float) -> DPOOutput:
+                       ref_err_w: torch.Tensor, ref_err_l: torch.Tensor, beta: float,
+                       positive_lambda: float = 0.0) -> DPOOutput:
     """Diffusion-DPO loss (Wallace et al. 2023) in the authors' convention.
 
     All inputs [B]: per-sample mean squared errors (see :func:`per_sample_mse`) of winners (w)
     and losers (l) under the policy and the frozen reference, at the same noise and timestep.
     ``logit = -0.5 * beta * ((err_w - err_l) - (ref_err_w - ref_err_l))`` and
     ``loss = mean(-logsigmoid(logit))``. Reference errors carry no gradient.
+
+    ``positive_lambda`` > 0 is DPO-Positive (Pal et al. 2024) in this convention:
+    ``logit -= 0.5 * beta * positive_lambda * relu(err_w - ref_err_w)``, a penalty only where the
+    policy denoises the winner worse than the reference. Plain DPO can lower its loss by making
+    both errors grow (losers faster), which degrades the model; this term removes that route.
     """
     beta = float(beta)
     model_diff = model_err_w - model_err_l
     ref_diff = (ref_err_w - ref_err_l).detach()
     logits = -0.5 * beta * (model_diff - ref_diff)
+    if positive_lambda:
+        logits = logits - 0.5 * beta * float(positive_lambda) * F.relu(model_err_w - ref_err_w.detach())
     loss = -F.logsigmoid(logits).mean()
     implicit_accuracy = (logits > 0).float().mean().detach()
     return DPOOutput(loss=loss, logits=logits.detach(), implicit_accuracy=implicit_accuracy,

@@ -8,7 +8,9 @@ code path as a real SD or SDXL checkpoint.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -55,6 +57,19 @@ def build_random_pipeline(config_dir: str | Path, out_dir: str | Path, seed: int
             shutil.copytree(config_dir / name, out_dir / name, dirs_exist_ok=True)
     shutil.copy(config_dir / "model_index.json", out_dir / "model_index.json")
     return out_dir
+
+
+@contextmanager
+def replacing_folder(out: str | Path):
+    """Write a folder as a whole: yields an empty temporary sibling of ``out`` that replaces ``out`` by a
+    rename when the block succeeds; on an error ``out`` is left as it was."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
 
 
 def write_word_tokenizer(folder: str | Path, words: list[str] | tuple[str, ...], max_length: int = 32):

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from diffalign import shapes
 from diffalign.scorers.preprocess import tensor_to_pil
-from diffalign.tiny import write_word_tokenizer
+from diffalign.tiny import replacing_folder, write_word_tokenizer
 
 NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                       prediction_type="epsilon")
@@ -253,17 +252,14 @@ def main() -> None:
     text_encoder, unet = train_unet(work, vae, tokenizer, latents, captions, args.steps, args.batch_size, args.seed,
                                     args.eval_every, min(64, args.eval_images))
     pipeline = make_pipeline(vae, text_encoder, tokenizer, unet)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipeline.save_pretrained(tmp, safe_serialization=True)
-    evaluation = {f"guidance_{scale:g}": sample_and_check(pipeline, args.eval_images, args.seed + 100, scale)
-                  for scale in (1.0, 3.0, 5.0, 7.5)}
-    report = {"seed": args.seed, "vae_steps": args.vae_steps, "scenes": args.scenes, "unet_steps": args.steps,
-              "batch_size": args.batch_size, "held_out_checker": evaluation,
-              "chance_color": 1 / len(shapes.COLORS), "chance_shape": 1 / len(shapes.SHAPES)}
-    (tmp / "pretrain_report.json").write_text(json.dumps(report, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with replacing_folder(out) as tmp:
+        pipeline.save_pretrained(tmp, safe_serialization=True)
+        evaluation = {f"guidance_{scale:g}": sample_and_check(pipeline, args.eval_images, args.seed + 100, scale)
+                      for scale in (1.0, 3.0, 5.0, 7.5)}
+        report = {"seed": args.seed, "vae_steps": args.vae_steps, "scenes": args.scenes, "unet_steps": args.steps,
+                  "batch_size": args.batch_size, "held_out_checker": evaluation,
+                  "chance_color": 1 / len(shapes.COLORS), "chance_shape": 1 / len(shapes.SHAPES)}
+        (tmp / "pretrain_report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 
 

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from diffalign import shapes
 from diffalign.scorers.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipPreprocess, pil_to_tensor
-from diffalign.tiny import write_word_tokenizer
+from diffalign.tiny import replacing_folder, write_word_tokenizer
 
 
 def build_clip(vocab_size: int, max_length: int) -> CLIPModel:
@@ -151,17 +150,15 @@ def main() -> None:
             with log.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
             print(json.dumps(record), flush=True)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.eval().save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    CLIPImageProcessor(size={"shortest_edge": shapes.SIZE}, crop_size={"height": shapes.SIZE, "width": shapes.SIZE},
-                       image_mean=list(OPENAI_CLIP_MEAN), image_std=list(OPENAI_CLIP_STD), resample=3).save_pretrained(tmp)
-    report = {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size,
-              "held_out": evaluate(model, preprocess, tokenizer, args.seed + 2, args.eval_scenes)}
-    (tmp / "pretrain_report.json").write_text(json.dumps(report, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with replacing_folder(out) as tmp:
+        model.eval().save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        CLIPImageProcessor(size={"shortest_edge": shapes.SIZE}, crop_size={"height": shapes.SIZE, "width": shapes.SIZE},
+                           image_mean=list(OPENAI_CLIP_MEAN), image_std=list(OPENAI_CLIP_STD),
+                           resample=3).save_pretrained(tmp)
+        report = {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size,
+                  "held_out": evaluate(model, preprocess, tokenizer, args.seed + 2, args.eval_scenes)}
+        (tmp / "pretrain_report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 
 

@@ -78,3 +78,27 @@ def test_prediction_target_epsilon_and_v():
     assert v.item() == pytest.approx(0.8 * 1.0 - 0.6 * 2.0)
     with pytest.raises(ValueError, match="prediction_type"):
         prediction_target("sample", noise, latents, torch.tensor([0]), alphas)
+
+
+def test_dpo_positive_penalises_only_a_winner_error_above_the_reference():
+    # pair 0: winner error rose by 0.1 over the reference -> penalty 0.5*beta*lambda*0.1 inside the logit
+    # pair 1: winner error fell -> no penalty, the logit is plain DPO's
+    err_w, err_l = torch.tensor([0.3, 0.1]), torch.tensor([0.6, 0.2])
+    ref_w, ref_l = torch.tensor([0.2, 0.2]), torch.tensor([0.2, 0.2])
+    plain = diffusion_dpo_loss(err_w, err_l, ref_w, ref_l, beta=10.0)
+    positive = diffusion_dpo_loss(err_w, err_l, ref_w, ref_l, beta=10.0, positive_lambda=2.0)
+    assert plain.logits.tolist() == pytest.approx([-0.5 * 10 * (-0.3), -0.5 * 10 * (-0.1)])  # [1.5, 0.5]
+    assert positive.logits.tolist() == pytest.approx([1.5 - 0.5 * 10 * 2.0 * 0.1, 0.5])  # [0.5, 0.5]
+    expected = 2 * math.log1p(math.exp(-0.5)) / 2
+    assert positive.loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_dpo_positive_gradient_pulls_a_degraded_winner_back():
+    # both errors grew, the loser's more: plain DPO rewards that; DPO-Positive pushes err_w down harder
+    def winner_grad(positive_lambda):
+        err_w = torch.tensor([0.3], requires_grad=True)
+        diffusion_dpo_loss(err_w, torch.tensor([0.5]), torch.tensor([0.2]), torch.tensor([0.2]), beta=10.0,
+                           positive_lambda=positive_lambda).loss.backward()
+        return err_w.grad.item()
+
+    assert winner_grad(5.0) > winner_grad(0.0) > 0

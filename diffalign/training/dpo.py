@@ -248,7 +248,7 @@ class DPOTrainer:
             ref_errors = per_sample_mse(unet_prediction(reference, noisy, timesteps, cond, time_ids), target)
         err_w, err_l = errors.chunk(2)
         ref_w, ref_l = ref_errors.chunk(2)
-        out = diffusion_dpo_loss(err_w, err_l, ref_w, ref_l, config.train.beta)
+        out = diffusion_dpo_loss(err_w, err_l, ref_w, ref_l, config.train.beta, config.train.positive_lambda)
         metrics = {"loss": out.loss.detach(), "implicit_acc": out.implicit_accuracy,
                    "model_diff": out.model_diff.mean(), "ref_diff": out.ref_diff.mean(),
                    "implicit_reward": out.logits.mean(),
