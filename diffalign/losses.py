@@ -90,3 +90,109 @@ def diffusion_dpo_loss(model_err_w: torch.Tensor, model_err_l: torch.Tensor,
 def sft_loss(model_err_w: torch.Tensor) -> torch.Tensor:
     """Supervised fine-tuning on winners only (the baseline): mean of the per-sample errors [B]."""
     return model_err_w.mean()
+
+
+PAIR_WEIGHTINGS = ("uniform", "gain", "dcg")
+RANK_SOURCES = ("labels", "model")
+
+
+@dataclass
+class RankedDPOOutput:
+    """Result of :func:`ranked_dpo_loss`.
+
+    loss: scalar. logits: [B, K, K], entry (i, j) = ``-0.5 * beta * (s_i - s_j)`` (> 0 when the policy
+    prefers i over j more than the reference does). pair_weights: [B, K, K], non-zero only where
+    image i is labelled better than image j (normalised to mean 1 over each prompt's weighted pairs).
+    implicit_accuracy: scalar, weighted fraction of labelled pairs with logit > 0. pairs: how many
+    labelled (non-tied, valid) pairs the batch holds.
+    """
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    pair_weights: torch.Tensor
+    implicit_accuracy: torch.Tensor
+    pairs: int
+
+
+def ranks(scores: torch.Tensor, mask: torch.Tensor, tie_break: torch.Tensor | None = None) -> torch.Tensor:
+    """1-based positions [B, K] of the valid entries of each row, best (highest score) first.
+
+    Equal scores are ordered by ``tie_break`` (higher first) if given; entries equal in both share
+    the average of their positions (fractional ranking). Invalid entries (mask False) get 0 and
+    never outrank anything. Float, no gradient.
+    """
+    scores = scores.detach()
+    tie_break = torch.zeros_like(scores) if tie_break is None else tie_break.detach()
+    score_i, score_j = scores.unsqueeze(-1), scores.unsqueeze(-2)
+    break_i, break_j = tie_break.unsqueeze(-1), tie_break.unsqueeze(-2)
+    others = mask.unsqueeze(-2) & ~torch.eye(scores.shape[-1], dtype=torch.bool, device=scores.device)
+    beaten_by = ((score_j > score_i) | ((score_j == score_i) & (break_j > break_i))) & others  # [B, i, j]
+    tied_with = (score_j == score_i) & (break_j == break_i) & others
+    positions = 1.0 + beaten_by.sum(-1) + 0.5 * tied_with.sum(-1)
+    return torch.where(mask, positions, torch.zeros_like(positions))
+
+
+def ranked_pair_weights(labels: torch.Tensor, mask: torch.Tensor, weighting: str = "uniform",
+                        positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Pair weights Δ [B, K, K] (no gradient): Δ_ij > 0 only where ψ_i > ψ_j and both images are valid.
+
+    labels ψ: [B, K], higher is better (e.g. RankDPO win fractions in [0, 1]); mask: [B, K] bool.
+    ``uniform``: 1 (all-pairs DPO); ``gain``: |G_i - G_j| with G = 2^ψ (the same as 2^ψ - 1 here);
+    ``dcg`` (LiPO-λ): |G_i - G_j| · |1/D(π_i) - 1/D(π_j)| with D(π) = log2(1 + π) and π the 1-based
+    ``positions`` [B, K] (default: ranks by the labels). Each prompt's weights are scaled to mean 1 over
+    its weighted pairs, so a prompt's loss is a weighted mean of its pair losses and K = 2 with
+    binary labels gives every pair weight 1, as Diffusion-DPO does. Ties (ψ_i = ψ_j) weigh 0.
+    """
+    if weighting not in PAIR_WEIGHTINGS:
+        raise ValueError(f"pair weighting must be one of {PAIR_WEIGHTINGS}, got {weighting!r}")
+    labels = labels.detach().float()
+    ordered = (labels.unsqueeze(-1) > labels.unsqueeze(-2)) & mask.unsqueeze(-1) & mask.unsqueeze(-2)
+    if weighting == "uniform":
+        weights = ordered.float()
+    else:
+        gain = torch.exp2(labels)
+        weights = (gain.unsqueeze(-1) - gain.unsqueeze(-2)).abs()
+        if weighting == "dcg":
+            if positions is None:
+                positions = ranks(labels, mask)
+            discount = 1.0 / torch.log2(1.0 + positions.detach().float().clamp(min=1.0))
+            weights = weights * (discount.unsqueeze(-1) - discount.unsqueeze(-2)).abs()
+        weights = weights * ordered
+    total = weights.sum(dim=(-1, -2), keepdim=True)
+    count = ordered.sum(dim=(-1, -2), keepdim=True)
+    return torch.where(total > 0, weights * count / total.clamp(min=1e-12), torch.zeros_like(weights))
+
+
+def ranked_dpo_loss(model_err: torch.Tensor, ref_err: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                    beta: float, weighting: str = "uniform", rank_source: str = "labels") -> RankedDPOOutput:
+    """Ranked Diffusion-DPO over K images per prompt (RankDPO; LiPO-λ weights with ``dcg``).
+
+    model_err, ref_err: [B, K] per-sample errors (:func:`per_sample_mse`) of the K images of each prompt
+    under the policy and the reference, all K at one shared timestep and noise; labels: [B, K], higher
+    is better; mask: [B, K] bool, False for padding (prompts with fewer than K images).
+    Implicit score ``s_i = err_i - ref_err_i`` (lower is better), pair logit ``-0.5 * beta * (s_i - s_j)``
+    (Diffusion-DPO's scale), loss = mean over prompts with at least one labelled pair of
+    ``Σ_ij Δ_ij · -logsigmoid(logit_ij) / Σ_ij [ψ_i > ψ_j]`` with Δ from :func:`ranked_pair_weights`.
+    ``rank_source='model'`` takes the DCG positions π from the current implicit scores (LiPO-λ) instead
+    of the labels, ties broken by the labels (at step 0 every implicit score is 0, so π starts as the
+    label order). With K = 2 and labels (1, 0) this equals :func:`diffusion_dpo_loss`.
+    """
+    if rank_source not in RANK_SOURCES:
+        raise ValueError(f"rank source must be one of {RANK_SOURCES}, got {rank_source!r}")
+    if not model_err.shape == ref_err.shape == labels.shape == mask.shape or model_err.dim() != 2:
+        raise ValueError(f"model_err, ref_err, labels and mask must all be [B, K]; got {tuple(model_err.shape)}, "
+                         f"{tuple(ref_err.shape)}, {tuple(labels.shape)}, {tuple(mask.shape)}")
+    mask = mask.bool()
+    implicit = model_err.float() - ref_err.detach().float()  # [B, K], lower is better
+    positions = ranks(-implicit, mask, tie_break=labels) if rank_source == "model" else None
+    weights = ranked_pair_weights(labels, mask, weighting, positions)
+    logits = -0.5 * float(beta) * (implicit.unsqueeze(-1) - implicit.unsqueeze(-2))
+    ordered = weights > 0
+    pair_count = ordered.sum(dim=(-1, -2))
+    per_prompt = (weights * -F.logsigmoid(logits)).sum(dim=(-1, -2)) / pair_count.clamp(min=1)
+    has_pairs = pair_count > 0
+    loss = per_prompt[has_pairs].mean() if has_pairs.any() else implicit.sum() * 0.0
+    correct = (weights * (logits > 0)).sum()
+    accuracy = correct / weights.sum() if weights.sum() > 0 else torch.zeros(())
+    return RankedDPOOutput(loss=loss, logits=logits.detach(), pair_weights=weights,
+                           implicit_accuracy=accuracy.detach(), pairs=int(pair_count.sum()))
