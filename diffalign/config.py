@@ -96,6 +96,8 @@ class TrainConfig:
     beta: float = _opt(5000.0, "DPO beta, authors' convention (mean over latent elements, -0.5*beta).")
     positive_lambda: float = _opt(0.0, "DPO-Positive penalty: logit -= 0.5*beta*lambda*relu(err_w - ref_err_w) "
                                        "(0 = Diffusion-DPO); keeps the winners' error from growing.")
+    min_timestep: int = _opt(0, "Training timesteps are uniform over [min_timestep, T); > 0 trains only the noisier "
+                                "steps, where layout and composition are decided (0 = the paper's uniform range).")
     batch_size: int = _opt(1, "Pairs per device per micro-step.")
     gradient_accumulation_steps: int = _opt(1, "Micro-steps per optimizer step (ignored if total_batch_size is set).")
     total_batch_size: int | None = _opt(None, "Pairs per optimizer step over all devices; derives gradient accumulation.")
@@ -168,7 +170,7 @@ class DPORunConfig:
                 raise ConfigError(f"{key} must be > 0, got {value}.")
         non_negative = {"train.learning_rate": self.train.learning_rate, "train.warmup_steps": self.train.warmup_steps,
                         "train.max_grad_norm": self.train.max_grad_norm, "checkpoint.every": self.checkpoint.every,
-                        "train.positive_lambda": self.train.positive_lambda,
+                        "train.positive_lambda": self.train.positive_lambda, "train.min_timestep": self.train.min_timestep,
                         "validation.every": self.validation.every, "data.num_workers": self.data.num_workers}
         for key, value in non_negative.items():
             if value < 0:
@@ -319,6 +321,7 @@ def conventions(config: DPORunConfig) -> dict[str, str]:
         "error_reduction": "per-sample MSE = mean over latent C,H,W (not sum)",
         "loss_reduction": "-logsigmoid per pair, then mean over pairs",
         "image_range": "VAE input in [-1, 1]; latents = posterior mean * scaling_factor",
-        "timesteps": "uniform over the scheduler's training timesteps, shared by the two images of a pair",
+        "timesteps": f"uniform over [{config.train.min_timestep}, T) of the scheduler's training timesteps, shared by "
+                     "the two images of a pair",
         "noise": "one Gaussian noise tensor shared by the two images of a pair",
     }

@@ -11,6 +11,7 @@ import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 
 from conftest import TINY_PAIRS, tiny_config
+from diffalign.models import unet_prediction
 from diffalign.training import DPOTrainer, NonFiniteLossError
 from diffalign.training.checkpoint import trainable_state_dict
 
@@ -77,6 +78,13 @@ def test_training_lowers_dpo_loss_and_lora_loads_into_stock_pipeline(tmp_path, m
     pipeline.load_lora_weights(config.output_dir)
     lora_image = render(pipeline)
     assert np.abs(base_image - lora_image).max() > 1e-3
+    trained = trainer.accelerator.unwrap_model(trainer.unet).eval()  # the loaded LoRA is the trained one, exactly
+    lora_batch = trainer.to_pair_batch(batch)
+    noisy, timesteps = lora_batch.latents_w, torch.full((8,), 500)
+    with torch.no_grad():
+        expected = unet_prediction(trained, noisy, timesteps, lora_batch.cond, lora_batch.time_ids_w)
+        loaded = unet_prediction(pipeline.unet, noisy, timesteps, lora_batch.cond, lora_batch.time_ids_w)
+    torch.testing.assert_close(loaded, expected, rtol=1e-5, atol=1e-5)
     card = (tmp_path / "run" / "README.md").read_text()
     assert "beta 5000.0" in card and "load_lora_weights" in card
 
@@ -262,3 +270,22 @@ def test_cache_key_follows_the_data_content_not_only_its_path(tmp_path, tiny_sd)
     second = make_trainer(config)
     assert len(first.dataset) == 10 and len(second.dataset) == 6
     assert second.dataset.folder != first.dataset.folder
+
+
+def test_min_timestep_restricts_the_training_timesteps(tmp_path, tiny_sd):
+    trainer = make_trainer(tiny_config(tmp_path, tiny_sd, "train.min_timestep=900"))
+    seen = []
+    add_noise = trainer.components.noise_scheduler.add_noise
+    trainer.components.noise_scheduler.add_noise = lambda x, n, t: seen.append(t) or add_noise(x, n, t)
+    for seed in range(4):
+        loss_on(trainer, fixed_batch(trainer), seed=seed)
+    timesteps = torch.cat(seen)
+    assert timesteps.min().item() >= 900 and timesteps.max().item() <= 999
+    assert "uniform over [900, T)" in json.dumps(trainer.describe())
+
+
+def test_min_timestep_beyond_the_schedule_is_a_clear_error(tmp_path, tiny_sd):
+    from diffalign.config import ConfigError
+
+    with pytest.raises(ConfigError, match="min_timestep=1000 leaves no timestep.*1000 training timesteps"):
+        make_trainer(tiny_config(tmp_path, tiny_sd, "train.min_timestep=1000"))

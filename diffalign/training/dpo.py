@@ -20,7 +20,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from diffalign.config import DPORunConfig, conventions, to_dict
+from diffalign.config import ConfigError, DPORunConfig, conventions, to_dict
 from diffalign.losses import diffusion_dpo_loss, per_sample_mse, prediction_target, sft_loss
 from diffalign.models import (DTYPES, Components, PromptEmbeds, Reference, add_lora, encode_images,
                               encode_prompts, freeze_and_cast, load_components, resolve_attention_backend,
@@ -88,6 +88,10 @@ class DPOTrainer:
         Path(config.output_dir).mkdir(parents=True, exist_ok=True)
         set_seed(config.train.seed)
         components = components if components is not None else load_components(config.model)
+        steps = components.noise_scheduler.config.num_train_timesteps
+        if config.train.min_timestep >= steps:
+            raise ConfigError(f"train.min_timestep={config.train.min_timestep} leaves no timestep: the scheduler of "
+                              f"{config.model.pretrained} has {steps} training timesteps (0..{steps - 1}).")
         freeze_and_cast(components, self.weight_dtype, vae_dtype)
         self.components = components
         self.attention = resolve_attention_backend(config.model.attention, device)
@@ -227,7 +231,8 @@ class DPOTrainer:
         device = self.accelerator.device
         pairs = batch.latents_w.shape[0]
         noise = torch.randn(batch.latents_w.shape, generator=self.noise_generator).to(device)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (pairs,), generator=self.noise_generator)
+        timesteps = torch.randint(config.train.min_timestep, scheduler.config.num_train_timesteps, (pairs,),
+                                  generator=self.noise_generator)
         timesteps = timesteps.to(device)
         sft = config.train.objective == "sft"
         latents = batch.latents_w if sft else torch.cat([batch.latents_w, batch.latents_l])
