@@ -1,0 +1,94 @@
+"""Ranked preference records: JSONL format, validation errors, labels and adapters."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from diffalign.data import DataError
+from diffalign.data.ranked import (RankedRecord, read_ranked_jsonl, records_from_groups, records_from_hpdv2,
+                                   records_from_pairs, write_ranked_jsonl)
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "img"
+    folder.mkdir()
+    for name in ("a", "b", "c", "d"):
+        Image.new("RGB", (8, 8), "red").save(folder / f"{name}.png")
+    return folder
+
+
+def write_lines(path, rows):
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+    return path
+
+
+def test_labels_from_scores_ranks_or_given(tmp_path, images):
+    path = write_lines(tmp_path / "ranked.jsonl", [
+        {"prompt": "p0", "images": ["img/a.png", "img/b.png", "img/c.png"], "scores": [3.0, 1.0, 1.0]},
+        {"prompt": "p1", "images": ["img/a.png", "img/b.png", "img/c.png", "img/d.png"], "ranks": [2, 1, 4, 2]},
+        {"prompt": "p2", "images": ["img/a.png", "img/b.png"], "labels": [0.0, 1.0], "scores": [5.0, 1.0]},
+        ""])
+    records = read_ranked_jsonl(path)
+    assert [r.k for r in records] == [3, 4, 2]
+    assert records[0].images[0] == str(images / "a.png")
+    assert records[0].training_labels == pytest.approx([1.0, 0.25, 0.25])  # (2 wins, 0.5/2, 0.5/2)
+    # ranks (2, 1, 4, 2): image 1 beats all (3/3); images 0 and 3 beat image 2 and tie each other (1.5/3)
+    assert records[1].training_labels == pytest.approx([0.5, 1.0, 0.0, 0.5])
+    assert records[2].training_labels == [0.0, 1.0]  # explicit labels win over scores
+
+
+def test_round_trip_keeps_every_field(tmp_path, images):
+    record = RankedRecord(prompt="p", images=[str(images / "a.png"), str(images / "b.png")], scores=[1.0, 2.0],
+                          raw_scores={"pickscore": [20.0, 21.0]}, sources=["m1", "m2"], seeds=[3, 4], id="x")
+    back = read_ranked_jsonl(write_ranked_jsonl([record], tmp_path / "out" / "r.jsonl"))
+    assert back == [record]
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "p", "images": ["img/a.png"], "scores": [1.0]}, "at least 2 image paths"),
+    ({"prompt": "p", "images": ["img/a.png", "img/b.png"]}, "at least one of 'labels', 'scores' or 'ranks'"),
+    ({"prompt": "p", "images": ["img/a.png", "img/b.png"], "scores": [1.0]}, "'scores' must be a list of 2"),
+    ({"prompt": "p", "images": ["img/a.png", "img/b.png"], "labels": [1.5, 0.0]}, "must lie in \\[0, 1\\]"),
+    ({"prompt": "p", "images": ["img/a.png", "img/b.png"], "ranks": [0, 1]}, "integers >= 1"),
+    ({"prompt": "p", "images": ["img/a.png", "img/b.png"], "scores": [1.0, float("nan")]}, "finite numbers"),
+    ({"prompt": "p", "images": ["img/a.png", "img/zz.png"], "scores": [1.0, 2.0]}, "image file not found: .*zz.png"),
+    ({"prompt": 3, "images": ["img/a.png", "img/b.png"], "scores": [1.0, 2.0]}, "'prompt' must be a string"),
+    ({"prompt": "p", "images": ["img/a.png", "img/b.png"], "score": [1.0, 2.0]}, "unknown keys \\['score'\\]"),
+    ({"prompt": "p", "images": ["img/a.png", "img/b.png"], "ranks": [1, 2], "raw_scores": {"x": [1]}}, "raw_scores"),
+])
+def test_bad_records_name_file_line_and_problem(tmp_path, images, row, message):
+    good = {"prompt": "ok", "images": ["img/a.png", "img/b.png"], "ranks": [1, 2]}
+    path = write_lines(tmp_path / "bad.jsonl", [good, row])
+    with pytest.raises(DataError, match=f"bad.jsonl:2: .*{message}"):
+        read_ranked_jsonl(path)
+
+
+def test_not_json_and_empty_files_are_errors(tmp_path):
+    with pytest.raises(DataError, match="x.jsonl:1: not JSON"):
+        read_ranked_jsonl(write_lines(tmp_path / "x.jsonl", ["{nope"]))
+    with pytest.raises(DataError, match="no ranked records"):
+        read_ranked_jsonl(write_lines(tmp_path / "y.jsonl", [""]))
+
+
+def test_hpdv2_adapter_reads_ranked_lists(tmp_path, images):
+    (tmp_path / "test.json").write_text(json.dumps([
+        {"prompt": "p0", "image_path": ["a.png", "b.png", "c.png"], "rank": [3, 1, 2]}]))
+    (record,) = records_from_hpdv2(tmp_path / "test.json", images_root=images)
+    assert record.ranks == [3, 1, 2] and record.images[1].endswith("b.png")
+    assert record.training_labels == pytest.approx([0.0, 1.0, 0.5])
+
+
+def test_group_and_pair_adapters(images):
+    rows = [{"prompt_id": "g1", "prompt": "p", "image_path": "a.png", "rank": 2},
+            {"prompt_id": "g1", "prompt": "p", "image_path": "b.png", "rank": 1},
+            {"prompt_id": "g2", "prompt": "q", "image_path": "c.png", "rank": 1},
+            {"prompt_id": "g2", "prompt": "q", "image_path": "d.png", "rank": 1}]
+    first, second = records_from_groups(rows, root=images)
+    assert first.id == "g1" and first.training_labels == [0.0, 1.0]
+    assert second.training_labels == [0.5, 0.5]  # a tie: no preference, zero pair weight in training
+    with pytest.raises(DataError, match="group g3.*at least 2"):
+        records_from_groups([{"prompt_id": "g3", "prompt": "p", "image_path": "a.png", "rank": 1}], root=images)
+    (pair,) = records_from_pairs(["cap"], ["x.png"], ["y.png"], [1.0])
+    assert pair.k == 2 and pair.training_labels == [1.0, 0.0]
