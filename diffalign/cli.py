@@ -15,6 +15,7 @@
     diffalign eval report RUN [RUN ...] --out DIR                      HTML report (first run = baseline)
     diffalign eval scorer-accuracy --scorer SPEC --pairs SRC | --ranked SRC
     diffalign scorers                                                  registered scorers and options
+    diffalign data synth --prompts SPEC --model [NAME=]M --scorer SPEC --out DIR [--shard I/N]   ranked data
 
 Multi-GPU and multi-node: ``accelerate launch -m diffalign.cli train dpo --config ...``.
 """
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     tiny_scorer.add_argument("--seed", type=int, default=0)
 
     _add_eval_commands(commands)
+    _add_data_commands(commands)
     commands.add_parser("scorers", help="list the registered scorers and their options")
 
     args, extra = parser.parse_known_args(argv)
@@ -212,6 +214,59 @@ def _add_eval_commands(commands) -> None:
     accuracy.add_argument("--out", help="write the result JSON here")
 
 
+def _add_data_commands(commands) -> None:
+    data = commands.add_parser("data", help="make preference data")
+    actions = data.add_subparsers(dest="action", required=True)
+    synth = actions.add_parser("synth", help="K images per prompt from one or more models, ranked by scorers "
+                                             "(ranked JSONL; sharded and resumable)")
+    synth.add_argument("--prompts", required=True, help="prompt set spec (as for eval generate)")
+    synth.add_argument("--model", action="append", required=True,
+                       help="[NAME=]pipeline folder or Hub id, repeatable; NAME is recorded as each image's source")
+    synth.add_argument("--scorer", action="append", required=True, help="scorer spec, repeatable (the ensemble)")
+    synth.add_argument("--out", required=True, help="output folder (run folders + ranked-<shard>.jsonl)")
+    synth.add_argument("--images-per-prompt", type=int, default=4, help="images per prompt and model")
+    synth.add_argument("--shard", default="0/1", help="INDEX/COUNT: every COUNT-th prompt from INDEX (0-based)")
+    synth.add_argument("--limit", type=int, help="only the first N prompts (before sharding)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--steps", type=int, default=30, help="sampling steps")
+    synth.add_argument("--guidance", type=float, default=7.5, help="CFG scale (7.5 for SD 1.x, 5.0 for SDXL)")
+    synth.add_argument("--height", type=int)
+    synth.add_argument("--width", type=int)
+    synth.add_argument("--batch-size", type=int, default=4)
+    synth.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                       help="auto: fp16 on CUDA, fp32 on CPU")
+    synth.add_argument("--device")
+
+
+def _run_data(args) -> int:
+    import torch
+
+    from diffalign.data.pairs import DataError
+    from diffalign.data.synth import ShardSpec, synthesize_ranked
+    from diffalign.evaluation.generate import GenerationSettings
+    from diffalign.evaluation.prompts import load_prompt_set
+
+    index, _, count = args.shard.partition("/")
+    if not (index.isdigit() and count.isdigit()):
+        raise DataError(f"--shard must be INDEX/COUNT, e.g. 0/4, got {args.shard!r}")
+    models = {}
+    for item in args.model:
+        name, sep, path = item.partition("=")
+        name, path = (name, path) if sep else (f"model{len(models)}", item)
+        if name in models:
+            raise DataError(f"model name {name!r} is given twice; use NAME=PATH with distinct names")
+        models[name] = path
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype if args.dtype != "auto" else ("fp16" if device.startswith("cuda") else "fp32")
+    settings = GenerationSettings(images_per_prompt=args.images_per_prompt, seed=args.seed,
+                                  num_inference_steps=args.steps, guidance_scale=args.guidance, height=args.height,
+                                  width=args.width, batch_size=args.batch_size)
+    path = synthesize_ranked(load_prompt_set(args.prompts).subset(args.limit), models, args.scorer, args.out,
+                             settings, ShardSpec(int(index), int(count)), dtype=dtype, device=device)
+    print(f"ranked records: {path}")
+    return 0
+
+
 def _run_eval(args) -> int:
     import json
 
@@ -298,6 +353,8 @@ def _list_scorers() -> int:
 def _run(args) -> int:
     if args.command == "eval":
         return _run_eval(args)
+    if args.command == "data":
+        return _run_data(args)
     if args.command == "scorers":
         return _list_scorers()
     if args.command == "demo":
