@@ -44,7 +44,7 @@ class DemoSettings:
     """What the demo does; the defaults are the README's run (minutes on a 2-core CPU)."""
 
     model: str | None = None  # None: the embedded assets/models/shapes-sd
-    train_prompts: int = 64
+    train_prompts: int = 128
     images_per_prompt: int = 4
     eval_prompts: str = "shapes-demo"
     eval_images_per_prompt: int = 4
@@ -68,16 +68,19 @@ def training_captions(count: int, seed: int, exclude: set[str]) -> list[str]:
     raise ValueError(f"could not draw {count} distinct training captions outside the held-out set")
 
 
-def write_pairs(table, run_dir: Path, scorer: str, margin: float) -> dict:
-    """``run_dir/pairs.jsonl`` from a scored run (all pairs per prompt, labels from ``scorer``).
+def write_pairs(table, run_dir: Path, scorer: str, margin: float, selection: str = "all") -> dict:
+    """``run_dir/pairs.jsonl`` from a scored run (``selection`` pairs per prompt, labels from ``scorer``).
 
-    Returns counts, and how often the scorer's preference agrees with the checker's where the
-    checker tells the two images apart (the label quality the alignment can reach).
+    Returns counts; how often the scorer's preference agrees with the checker's where the checker
+    tells the two images apart (label quality); and the checker's numbers over all samples and over
+    the scorer's top image of each caption (best-of-K: how far picking by the scorer moves the
+    checker on the model's own samples, a rough ceiling for what learning from these labels gains).
     """
-    lines, agree, decided = [], 0, 0
+    lines, agree, decided, best = [], 0, 0, []
     for _, group in table.groupby("prompt_id", sort=False):
         group = group.sort_values("sample")
-        for winner, loser in select_pairs(group[scorer].tolist(), "all", margin):
+        best.append(group.loc[group[scorer].idxmax()])
+        for winner, loser in select_pairs(group[scorer].tolist(), selection, margin):
             win, lose = group.iloc[winner], group.iloc[loser]
             lines.append(json.dumps({"caption": win["prompt"], "image_0": win["image"], "image_1": lose["image"],
                                      "label_0": 1.0}))
@@ -86,7 +89,10 @@ def write_pairs(table, run_dir: Path, scorer: str, margin: float) -> dict:
                 agree += int(win[CHECKER_FRACTION] > lose[CHECKER_FRACTION])
     write_text_atomic(run_dir / "pairs.jsonl", "\n".join(lines) + "\n")
     return {"pairs": len(lines), "checker_decided_pairs": decided,
-            "label_agreement_with_checker": agree / decided if decided else None}
+            "label_agreement_with_checker": agree / decided if decided else None,
+            "samples": {name: {"mean": float(table[name].mean()),
+                               "best_of_k": float(sum(row[name] for row in best) / len(best))}
+                        for name in (scorer, CHECKER, CHECKER_FRACTION)}}
 
 
 def plot_training_curves(metrics_file: Path, path: Path) -> Path:
@@ -134,7 +140,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, overrides: l
                               GenerationSettings(images_per_prompt=settings.images_per_prompt, seed=settings.seed,
                                                  **generation), run_info={"model": settings.model, "name": "samples"})
     print(f"[2/4] labelling them with the {SCORER} scorer")
-    table = score_run(samples, [SCORER, CHECKER_FRACTION])
+    table = score_run(samples, [SCORER, CHECKER, CHECKER_FRACTION])
     labels = write_pairs(table, samples, SCORER, settings.margin)
 
     print(f"[3/4] training Diffusion-DPO on {labels['pairs']} pairs")
@@ -198,7 +204,9 @@ def format_demo_summary(summary: dict) -> str:
     lines = ["", "diffalign demo finished",
              f"  labels: {labels['pairs']} pairs from {SCORER}; where the checker tells a pair apart, the scorer "
              f"agrees with it {'n/a' if agreement is None else f'{agreement:.0%}'} of the time",
-             f"  held-out prompts, aligned (dpo) vs base, same seeds, 95% cluster-bootstrap CIs:"]
+             "  training samples, checker all right: mean {mean:.3f}, the scorer's top image per caption "
+             "{best_of_k:.3f}".format(**labels["samples"][CHECKER]),
+             "  held-out prompts, aligned (dpo) vs base, same seeds, 95% cluster-bootstrap CIs:"]
     names = {SCORER: f"{SCORER} score", CHECKER: "checker: all attributes right",
              CHECKER_FRACTION: "checker: share of attributes right"}
     for scorer, result in summary["held_out"].items():

@@ -13,6 +13,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert summary["final_training_metrics"]["step"] == 2
     pairs = (tmp_path / "samples" / "pairs.jsonl").read_text().splitlines()
     assert len(pairs) == summary["labels"]["pairs"] > 0
+    samples = summary["labels"]["samples"]["shapes-checker"]
+    assert 0 <= samples["mean"] <= 1 and 0 <= samples["best_of_k"] <= 1
     assert (tmp_path / "dpo" / "pytorch_lora_weights.safetensors").is_file()
     for scorer in ("shapes-clip", "shapes-checker", "shapes-checker-fraction"):
         result = summary["held_out"][scorer]

@@ -1,0 +1,151 @@
+"""Ablations of the demo's alignment on the embedded tiny model (the tables in docs/embedded-model.md).
+
+    python scripts/demo_ablation.py pool --out outputs/ablation             # 256 captions x 8 images, scored
+    python scripts/demo_ablation.py variant NAME --captions 256 --images 4 --out outputs/ablation \\
+        [--selection all|best-worst] [--margin 2] [--pairs FILE] [key=value ...]
+    python scripts/demo_ablation.py ground-truth --out outputs/ablation    # pairs whose winner is a true render
+
+``pool`` generates the training samples once (the demo's generation settings, seed 0; the first 64
+and 128 captions are the demo's own), scores them with shapes-clip and the checker, and generates
+the base model's images for the held-out ``shapes-demo`` captions (4 seeds) and for 36 training
+captions with new seeds. ``variant`` labels pairs from the first ``--captions`` captions and first
+``--images`` images of each (or takes ``--pairs``), trains DPO with assets/configs/shapes-dpo.yaml
+plus the overrides, generates the aligned images on both prompt sets with the same seeds, and
+appends paired differences and win rates against the base to ``OUT/results.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from diffalign.config import load_config
+from diffalign.demo import CHECKER, CHECKER_FRACTION, SCORER, _quiet_diffusers, training_captions, write_pairs
+from diffalign.evaluation.generate import GenerationSettings, generate_images, load_eval_pipeline, write_text_atomic
+from diffalign.evaluation.prompts import load_prompt_set
+from diffalign.evaluation.runs import compare_runs
+from diffalign.evaluation.scoring import read_scores, score_run
+from diffalign.paths import asset
+
+MODEL = str(asset("models", "shapes-sd"))
+GENERATION = dict(num_inference_steps=20, guidance_scale=5.0, height=64, width=64, batch_size=32)
+SCORERS = [SCORER, CHECKER, CHECKER_FRACTION]
+POOL_CAPTIONS, POOL_IMAGES, TRAIN_EVAL_CAPTIONS = 256, 8, 36
+
+
+def prompt_file(path: Path, captions: list[str]):
+    write_text_atomic(path, "".join(json.dumps({"prompt": caption}) + "\n" for caption in captions))
+    return load_prompt_set(f"jsonl:{path}")
+
+
+def generate_and_score(pipeline, prompts, run: Path, images: int, seed: int, name: str) -> Path:
+    settings = GenerationSettings(images_per_prompt=images, seed=seed, **GENERATION)
+    generate_images(pipeline, prompts, run, settings, run_info={"model": MODEL, "name": name})
+    score_run(run, SCORERS)
+    return run
+
+
+def make_pool(out: Path) -> None:
+    held_out = load_prompt_set("shapes-demo")
+    captions = training_captions(POOL_CAPTIONS, 0, {record.text for record in held_out})
+    pipeline = load_eval_pipeline(MODEL, device="cpu")
+    generate_and_score(pipeline, prompt_file(out / "pool-prompts.jsonl", captions), out / "pool", POOL_IMAGES, 0,
+                       "pool")
+    generate_and_score(pipeline, held_out, out / "held-out-base", 4, 1000, "base")
+    generate_and_score(pipeline, prompt_file(out / "train-eval-prompts.jsonl", captions[:TRAIN_EVAL_CAPTIONS]),
+                       out / "train-eval-base", 4, 2000, "base")
+
+
+def write_ground_truth_pairs(out: Path) -> Path:
+    """``OUT/ground-truth/pairs.jsonl``: for every pool caption a procedural render that matches it (the
+    winner) against the model's first sample (for the SFT control: training on correct images)."""
+    import random
+
+    from diffalign import shapes
+
+    folder = out / "ground-truth"
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rng, lines = random.Random(5), []
+    captions = [json.loads(line)["prompt"] for line in (out / "pool-prompts.jsonl").read_text().splitlines()]
+    for index, caption in enumerate(captions):
+        scene = next(scene for scene in iter(lambda: shapes.sample_scene(rng), None) if scene.caption == caption)
+        image = folder / "images" / f"{index:05d}.png"
+        shapes.render(scene, rng).save(image)
+        sample = out / "pool" / "images" / f"{index:05d}_00.png"
+        lines.append(json.dumps({"caption": caption, "image_0": str(image.resolve()), "image_1": str(sample.resolve()),
+                                 "label_0": 1.0}))
+    write_text_atomic(folder / "pairs.jsonl", "\n".join(lines) + "\n")
+    return folder / "pairs.jsonl"
+
+
+def run_variant(out: Path, name: str, captions: int, images: int, selection: str, margin: float,
+                pairs_file: str | None, overrides: list[str]) -> dict:
+    start = time.perf_counter()
+    folder = out / name
+    for stale in ("dpo", "held-out", "train-eval"):
+        shutil.rmtree(folder / stale, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    if pairs_file:
+        shutil.copy(pairs_file, folder / "pairs.jsonl")
+        labels = {}
+    else:
+        pool = read_scores(out / "pool")
+        keep = pool["prompt_id"].isin(list(dict.fromkeys(pool["prompt_id"]))[:captions]) & (pool["sample"] < images)
+        table = pool[keep].assign(image=lambda t: [str((out / "pool" / image).resolve()) for image in t["image"]])
+        labels = write_pairs(table, folder, SCORER, margin, selection)
+    from diffalign.training import train_dpo
+
+    config = load_config(asset("configs", "shapes-dpo.yaml"), [
+        f"model.pretrained={MODEL}", f"data.path={folder / 'pairs.jsonl'}", f"output_dir={folder / 'dpo'}",
+        f"cache.dir={out / 'cache'}", "train.seed=0", *overrides])
+    final = train_dpo(config)
+    if config.lora.enabled:
+        pipeline = load_eval_pipeline(MODEL, device="cpu")
+        with _quiet_diffusers():
+            pipeline.load_lora_weights(folder / "dpo")
+    else:
+        pipeline = load_eval_pipeline(MODEL, device="cpu", unet=str(folder / "dpo" / "unet"))
+    result = {"name": name, "captions": captions, "images": images, "selection": selection, "margin": margin,
+              "pairs_file": pairs_file, "overrides": overrides, "labels": labels, "final_loss": final.get("loss")}
+    evaluations = [("held_out", load_prompt_set("shapes-demo"), 1000),
+                   ("train_eval", load_prompt_set(f"jsonl:{out / 'train-eval-prompts.jsonl'}"), 2000)]
+    for tag, prompts, seed in evaluations:
+        run = generate_and_score(pipeline, prompts, folder / tag.replace("_", "-"), 4, seed, "dpo")
+        comparison = compare_runs(run, out / f"{tag.replace('_', '-')}-base")
+        result[tag] = {scorer: {"difference": comparison["scorers"][scorer]["mean_difference"],
+                                "win_rate": comparison["scorers"][scorer]["win_rate"]} for scorer in SCORERS}
+    result["minutes"] = (time.perf_counter() - start) / 60
+    with (out / "results.jsonl").open("a") as handle:
+        handle.write(json.dumps(result, default=str) + "\n")
+    print(json.dumps(result, indent=1, default=str))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["pool", "ground-truth", "variant"])
+    parser.add_argument("name", nargs="?", help="variant name (its folder under --out)")
+    parser.add_argument("--out", default="outputs/ablation")
+    parser.add_argument("--captions", type=int, default=POOL_CAPTIONS)
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--selection", default="all", choices=["all", "best-worst"])
+    parser.add_argument("--margin", type=float, default=2.0)
+    parser.add_argument("--pairs", help="train on this pairs JSONL instead of labelling the pool")
+    args, overrides = parser.parse_known_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.command == "pool":
+        make_pool(out)
+    elif args.command == "ground-truth":
+        print(write_ground_truth_pairs(out))
+    elif not args.name:
+        parser.error("variant needs a NAME")
+    else:
+        run_variant(out, args.name, args.captions, args.images, args.selection, args.margin, args.pairs, overrides)
+
+
+if __name__ == "__main__":
+    main()
