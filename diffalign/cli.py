@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="end-to-end demo on the tiny embedded model (CPU, minutes)")
     demo.add_argument("--out", default="outputs/demo", help="output folder")
     demo.add_argument("--steps", type=int, default=200, help="DPO optimizer steps")
-    demo.add_argument("--train-prompts", type=int, default=128, help="training captions drawn from the shapes grammar")
+    demo.add_argument("--train-prompts", type=int, default=64, help="training captions drawn from the shapes grammar")
     demo.add_argument("--images-per-prompt", type=int, default=4, help="images generated and ranked per caption")
     demo.add_argument("--eval-images-per-prompt", type=int, default=4, help="held-out images per prompt and model")
     demo.add_argument("--eval-limit", type=int, default=None, help="use only the first N held-out prompts")

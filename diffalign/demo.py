@@ -44,7 +44,7 @@ class DemoSettings:
     """What the demo does; the defaults are the README's run (minutes on a 2-core CPU)."""
 
     model: str | None = None  # None: the embedded assets/models/shapes-sd
-    train_prompts: int = 128
+    train_prompts: int = 64
     images_per_prompt: int = 4
     eval_prompts: str = "shapes-demo"
     eval_images_per_prompt: int = 4
