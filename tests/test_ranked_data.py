@@ -92,3 +92,37 @@ def test_group_and_pair_adapters(images):
         records_from_groups([{"prompt_id": "g3", "prompt": "p", "image_path": "a.png", "rank": 1}], root=images)
     (pair,) = records_from_pairs(["cap"], ["x.png"], ["y.png"], [1.0])
     assert pair.k == 2 and pair.training_labels == [1.0, 0.0]
+
+
+def test_ranked_dataset_pads_masks_and_shares_one_crop_and_flip(tmp_path):
+    import numpy as np
+    import torch
+
+    from diffalign.data.ranked import RankedDataset
+    from diffalign.data.transforms import PairTransform
+
+    paths = []
+    for k in range(3):  # 48x64 images whose left half is dark: a flip moves it to the right in all of them
+        array = np.full((48, 64, 3), 200, dtype=np.uint8)
+        array[:, :32] = 20 * k
+        Image.fromarray(array).save(tmp_path / f"{k}.png")
+        paths.append(str(tmp_path / f"{k}.png"))
+    records = [RankedRecord("three", paths, scores=[3.0, 2.0, 1.0]), RankedRecord("two", paths[:2], ranks=[2, 1])]
+    dataset = RankedDataset(records, PairTransform(32, center_crop=False, random_flip=True), seed=0)
+    assert dataset.k_max == 3 and len(dataset) == 2
+    short = dataset[1]
+    assert short["mask"].tolist() == [True, True, False] and short["labels"].tolist() == [0.0, 1.0, 0.0]
+    assert short["pixel_values"].shape == (3, 3, 32, 32) and short["pixel_values"][2].abs().sum() == 0
+    flips = set()
+    for epoch in range(8):
+        dataset.set_epoch(epoch)
+        item = dataset[0]
+        assert item["labels"].tolist() == [1.0, 0.5, 0.0]
+        left_dark = [bool(item["pixel_values"][j, :, :, :8].mean() < item["pixel_values"][j, :, :, -8:].mean())
+                     for j in range(3)]
+        assert len(set(left_dark)) == 1  # the same flip for every image of the record
+        assert torch.equal(item["time_ids"][0], item["time_ids"][1])  # the same crop
+        flips.add(left_dark[0])
+    assert flips == {True, False}
+    with pytest.raises(DataError, match="k_max=2 is smaller"):
+        RankedDataset(records, PairTransform(32), k_max=2)

@@ -140,6 +140,46 @@ def write_ranked_jsonl(records: Iterable[RankedRecord], path: str | Path) -> Pat
     return path
 
 
+class RankedDataset(torch.utils.data.Dataset):
+    """Map-style dataset of ranked records, each padded to ``k_max`` images.
+
+    Item ``i``: ``caption`` (str), ``index`` (int), ``pixel_values`` float32 ``[k_max, 3, R, R]`` in
+    [-1, 1] (zeros where padded), ``time_ids`` float32 ``[k_max, 6]``, ``labels`` float32 ``[k_max]``
+    (psi, higher is better; 0 where padded) and ``mask`` bool ``[k_max]`` (True for real images). All
+    K images of a record share one crop and flip, drawn from (seed, epoch, i) only, so items do
+    not depend on worker count or order. ``k_max`` defaults to the largest K in ``records``.
+    """
+
+    def __init__(self, records: Sequence[RankedRecord], transform, seed: int = 0, k_max: int | None = None):
+        if not records:
+            raise DataError("a ranked dataset needs at least one record")
+        largest = max(record.k for record in records)
+        if k_max is not None and k_max < largest:
+            raise DataError(f"k_max={k_max} is smaller than the largest record (K={largest})")
+        self.records, self.transform, self.seed = list(records), transform, seed
+        self.k_max, self.epoch = k_max or largest, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        from diffalign.data.pairs import _item_rng, open_pair_image
+
+        record, k = self.records[int(index)], self.records[int(index)].k
+        images = [open_pair_image(path, "ranked records", int(index), f"images[{j}]")
+                  for j, path in enumerate(record.images)]
+        pixels, time_ids = self.transform.transform_group(images, _item_rng(self.seed, self.epoch, int(index)))
+        pad = self.k_max - k
+        return {"caption": record.prompt, "index": int(index),
+                "pixel_values": torch.cat([pixels, pixels.new_zeros(pad, *pixels.shape[1:])]),
+                "time_ids": torch.cat([time_ids, time_ids.new_zeros(pad, 6)]),
+                "labels": torch.tensor(record.training_labels + [0.0] * pad, dtype=torch.float32),
+                "mask": torch.tensor([True] * k + [False] * pad)}
+
+
 # Adapters -----------------------------------------------------------------------------------------
 
 def records_from_hpdv2(test_json: str | Path, images_root: str | Path | None = None,

@@ -45,12 +45,19 @@ class PairTransform:
         Returns ``pixel_values_w`` and ``pixel_values_l``: float32 ``[3, R, R]`` in [-1, 1], and
         ``time_ids_w`` and ``time_ids_l``: float32 ``[6]``.
         """
-        fractions = None if self.center_crop else (rng.random(), rng.random())
-        flip = self.random_flip and rng.random() < 0.5
-        pixels_w, time_ids_w = self.transform_one(image_w, fractions, flip)
-        pixels_l, time_ids_l = self.transform_one(image_l, fractions, flip)
+        (pixels_w, pixels_l), (time_ids_w, time_ids_l) = self.transform_group([image_w, image_l], rng)
         return {"pixel_values_w": pixels_w, "pixel_values_l": pixels_l,
                 "time_ids_w": time_ids_w, "time_ids_l": time_ids_l}
+
+    def transform_group(self, images: list[Image.Image], rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+        """Transform K images of one prompt with one crop position and one flip decision drawn from ``rng``.
+
+        Returns pixels float32 ``[K, 3, R, R]`` in [-1, 1] and time ids float32 ``[K, 6]``.
+        """
+        fractions = None if self.center_crop else (rng.random(), rng.random())
+        flip = self.random_flip and rng.random() < 0.5
+        pixels, time_ids = zip(*(self.transform_one(image, fractions, flip) for image in images))
+        return torch.stack(pixels), torch.stack(time_ids)
 
     def transform_one(self, image: Image.Image, fractions: tuple[float, float] | None,
                       flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
