@@ -3,6 +3,7 @@
     diffalign demo [--out DIR] [--steps N] [key=value ...] the end-to-end demo on the embedded tiny model
     diffalign train dpo --config FILE [key=value ...]      Diffusion-DPO (LoRA or full)
     diffalign train sft --config FILE [key=value ...]      SFT on preferred images (baseline)
+    diffalign train rank-dpo --config FILE [key=value ...] ranked DPO on K images per prompt (RankDPO, LiPO-λ)
     diffalign cache --config FILE [key=value ...]          only build the latent/text cache
     diffalign config show --config FILE [key=value ...]    print the resolved, validated config
     diffalign config reference                             every option with its default and help
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("overrides", nargs="*", help="key=value overrides of assets/configs/shapes-dpo.yaml, e.g. train.beta=1000")
 
     train = commands.add_parser("train", help="train a model")
-    train.add_argument("method", choices=["dpo", "sft"])
+    train.add_argument("method", choices=["dpo", "sft", "rank-dpo"])
     for sub in (train, commands.add_parser("cache", help="build the latent/text-embedding cache only")):
         sub.add_argument("--config", required=True, help="YAML config (see assets/configs/)")
         sub.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.beta=2500")
@@ -369,7 +370,7 @@ def _run(args) -> int:
     elif args.command == "train":
         from diffalign.training import train_dpo
 
-        train_dpo(_config_from_args(args, objective=args.method))
+        train_dpo(_config_from_args(args, objective={"rank-dpo": "rank"}.get(args.method, args.method)))
     elif args.command == "cache":
         from diffalign.training import DPOTrainer
 

@@ -69,7 +69,8 @@ class LoraConfig:
 
 @dataclass
 class DataConfig:
-    format: str = _opt("pickapic", "Pairwise data schema.", ("pickapic", "jsonl"))
+    format: str = _opt("pickapic", "Data schema: pickapic / jsonl pairs, or ranked (K images per prompt, "
+                                   "docs/data.md; for train.objective=rank).", ("pickapic", "jsonl", "ranked"))
     path: str = _opt("", "pickapic: Hub name, parquet file/folder; jsonl: the .jsonl file.")
     split: str = _opt("train", "Split to train on (pickapic).")
     streaming: bool = _opt(False, "Stream the dataset instead of downloading it (pickapic).")
@@ -92,7 +93,8 @@ class CacheConfig:
 
 @dataclass
 class TrainConfig:
-    objective: str = _opt("dpo", "dpo = Diffusion-DPO; sft = supervised fine-tuning on winners only.", ("dpo", "sft"))
+    objective: str = _opt("dpo", "dpo = Diffusion-DPO; sft = supervised fine-tuning on winners only; rank = ranked "
+                                 "DPO over K images per prompt (data.format=ranked).", ("dpo", "sft", "rank"))
     beta: float = _opt(5000.0, "DPO beta, authors' convention (mean over latent elements, -0.5*beta).")
     positive_lambda: float = _opt(0.0, "DPO-Positive penalty: logit -= 0.5*beta*lambda*relu(err_w - ref_err_w) "
                                        "(0 = Diffusion-DPO); keeps the winners' error from growing.")
@@ -115,6 +117,16 @@ class TrainConfig:
     weight_decay: float = _opt(1e-2, "Weight decay.")
     max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 = off).")
     seed: int = _opt(0, "Seed for initialisation, data order, noise and timesteps.")
+
+
+@dataclass
+class RankedConfig:
+    weighting: str = _opt("dcg", "Pair weights of the ranked loss: uniform (all-pairs DPO), gain |2^psi_i - 2^psi_j|, "
+                                 "dcg (gain x |1/log2(1+pi_i) - 1/log2(1+pi_j)|, LiPO-lambda).",
+                          ("uniform", "gain", "dcg"))
+    rank_source: str = _opt("labels", "Positions pi for dcg: from the labels, or from the model's current implicit "
+                                      "scores (LiPO-lambda).", ("labels", "model"))
+    unet_micro_batch: int = _opt(0, "Images per UNet call when a batch holds B x K images (0 = all in one call).")
 
 
 @dataclass
@@ -150,6 +162,7 @@ class DPORunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ranked: RankedConfig = field(default_factory=RankedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -175,7 +188,16 @@ class DPORunConfig:
         for key, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"{key} must be >= 0, got {value}.")
-        if self.train.objective == "dpo" and self.train.beta <= 0:
+        if (self.train.objective == "rank") != (self.data.format == "ranked"):
+            raise ConfigError("train.objective=rank trains on ranked records and needs data.format=ranked (and "
+                              f"the other way round); got objective {self.train.objective!r}, format "
+                              f"{self.data.format!r}.")
+        if self.train.objective == "rank" and (self.cache.enabled or self.train.positive_lambda):
+            raise ConfigError("ranked training does not support cache.enabled or train.positive_lambda yet; set "
+                              "cache.enabled=false and train.positive_lambda=0.")
+        if self.ranked.unet_micro_batch < 0:
+            raise ConfigError(f"ranked.unet_micro_batch must be >= 0, got {self.ranked.unet_micro_batch}.")
+        if self.train.objective in ("dpo", "rank") and self.train.beta <= 0:
             raise ConfigError(f"train.beta must be > 0 for DPO, got {self.train.beta}.")
         if not 0.0 <= self.data.prompt_dropout < 1.0:
             raise ConfigError(f"data.prompt_dropout must be in [0, 1), got {self.data.prompt_dropout}.")

@@ -21,7 +21,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from diffalign.config import ConfigError, DPORunConfig, conventions, to_dict
-from diffalign.losses import diffusion_dpo_loss, per_sample_mse, prediction_target, sft_loss
+from diffalign.losses import diffusion_dpo_loss, per_sample_mse, prediction_target, ranked_dpo_loss, sft_loss
 from diffalign.models import (DTYPES, Components, PromptEmbeds, Reference, add_lora, encode_images,
                               encode_prompts, freeze_and_cast, load_components, resolve_attention_backend,
                               set_attention_backend, unet_prediction)
@@ -48,6 +48,18 @@ class PairBatch:
     cond: PromptEmbeds
     time_ids_w: torch.Tensor | None
     time_ids_l: torch.Tensor | None
+
+
+@dataclass
+class GroupBatch:
+    """One micro-batch of ranked records: latents [B, K, C, h, w] (float32, zeros where padded), labels [B, K],
+    mask [B, K] bool, conditioning per record, SDXL time ids [B, K, 6] (None for SD)."""
+
+    latents: torch.Tensor
+    labels: torch.Tensor
+    mask: torch.Tensor
+    cond: PromptEmbeds
+    time_ids: torch.Tensor | None
 
 
 def _flat(config: dict, prefix: str = "") -> dict:
@@ -139,6 +151,15 @@ class DPOTrainer:
         from diffalign.data import build_pair_dataset
 
         config = self.config
+        if config.data.format == "ranked":
+            from diffalign.data.ranked import RankedDataset, read_ranked_jsonl
+            from diffalign.data.transforms import PairTransform
+
+            records = read_ranked_jsonl(config.data.path)[:config.data.max_pairs]
+            labelled = sum(int(a > b) for r in records for a in r.training_labels for b in r.training_labels)
+            transform = PairTransform(config.data.resolution, config.data.center_crop, config.data.random_flip)
+            return ({"records": len(records), "images": sum(r.k for r in records), "labelled_pairs": labelled},
+                    RankedDataset(records, transform, seed=config.train.seed))
         dataset, stats = build_pair_dataset(config.data, seed=config.train.seed)
         stats = {k: v for k, v in vars(stats).items() if v is not None}
         if config.cache.enabled:
@@ -197,8 +218,36 @@ class DPOTrainer:
 
     # One micro-batch -------------------------------------------------------------------------------
 
-    def to_pair_batch(self, batch: dict) -> PairBatch:
+    def _drop_prompts(self, cond: PromptEmbeds, rows: int) -> PromptEmbeds:
+        """Replace each row's conditioning by the empty prompt's with probability data.prompt_dropout."""
+        if self.uncond is None:
+            return cond
+        drop = torch.rand(rows, generator=self.noise_generator) < self.config.data.prompt_dropout
+        if not drop.any():
+            return cond
+        drop = drop.to(cond.prompt_embeds.device)
+        embeds = torch.where(drop[:, None, None], self.uncond.prompt_embeds.to(cond.prompt_embeds.dtype),
+                             cond.prompt_embeds)
+        pooled = None if cond.pooled is None else torch.where(drop[:, None], self.uncond.pooled.to(cond.pooled.dtype),
+                                                              cond.pooled)
+        return PromptEmbeds(embeds, pooled)
+
+    def to_group_batch(self, batch: dict) -> GroupBatch:
+        """Encode the valid images of ranked records (padding stays zero) and their captions."""
+        device = self.accelerator.device
+        mask = batch["mask"].to(device)
+        pixels = batch["pixel_values"].to(device)
+        encoded = encode_images(self.components.vae, pixels[mask])
+        latents = encoded.new_zeros(*mask.shape, *encoded.shape[1:])
+        latents[mask] = encoded
+        cond = self._drop_prompts(encode_prompts(self.components, list(batch["caption"]), device), mask.shape[0])
+        time_ids = batch["time_ids"].to(device, cond.prompt_embeds.dtype) if self.components.is_sdxl else None
+        return GroupBatch(latents, batch["labels"].to(device), mask, cond, time_ids)
+
+    def to_pair_batch(self, batch: dict) -> PairBatch | GroupBatch:
         """Encode (or take from the cache) latents and text conditioning, then apply prompt dropout."""
+        if "mask" in batch:
+            return self.to_group_batch(batch)
         device = self.accelerator.device
         if "latents_w" in batch:
             latents_w, latents_l = batch["latents_w"].to(device).float(), batch["latents_l"].to(device).float()
@@ -210,23 +259,56 @@ class DPOTrainer:
             latents = encode_images(vae, torch.cat([batch["pixel_values_w"], batch["pixel_values_l"]]))
             latents_w, latents_l = latents.chunk(2)
             cond = encode_prompts(self.components, list(batch["caption"]), device)
-        if self.uncond is not None:
-            drop = torch.rand(latents_w.shape[0], generator=self.noise_generator) < self.config.data.prompt_dropout
-            if drop.any():
-                rows = drop.to(device)
-                embeds = torch.where(rows[:, None, None], self.uncond.prompt_embeds.to(cond.prompt_embeds.dtype),
-                                     cond.prompt_embeds)
-                pooled = None if cond.pooled is None else torch.where(
-                    rows[:, None], self.uncond.pooled.to(cond.pooled.dtype), cond.pooled)
-                cond = PromptEmbeds(embeds, pooled)
+        cond = self._drop_prompts(cond, latents_w.shape[0])
         time_ids_w = time_ids_l = None
         if self.components.is_sdxl:
             time_ids_w = batch["time_ids_w"].to(device, cond.prompt_embeds.dtype)
             time_ids_l = batch["time_ids_l"].to(device, cond.prompt_embeds.dtype)
         return PairBatch(latents_w, latents_l, cond, time_ids_w, time_ids_l)
 
-    def loss(self, batch: PairBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def ranked_loss(self, batch: GroupBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Ranked DPO on one micro-batch: the K images of a record share one noise and one timestep; the
+        valid images go through the UNet ``ranked.unet_micro_batch`` at a time."""
+        config, scheduler = self.config, self.components.noise_scheduler
+        device = self.accelerator.device
+        records = batch.mask.shape[0]
+        noise = torch.randn((records, *batch.latents.shape[2:]), generator=self.noise_generator).to(device)
+        timesteps = torch.randint(config.train.min_timestep, scheduler.config.num_train_timesteps, (records,),
+                                  generator=self.noise_generator).to(device)
+        rows, columns = batch.mask.nonzero(as_tuple=True)
+        latents, noise, timesteps = batch.latents[rows, columns], noise[rows], timesteps[rows]
+        cond = PromptEmbeds(batch.cond.prompt_embeds[rows], None if batch.cond.pooled is None else batch.cond.pooled[rows])
+        time_ids = None if batch.time_ids is None else batch.time_ids[rows, columns]
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        target = prediction_target(scheduler.config.prediction_type, noise, latents, timesteps, scheduler.alphas_cumprod)
+        size = config.ranked.unet_micro_batch or len(rows)
+
+        def errors(unet) -> torch.Tensor:
+            chunks = []
+            for start in range(0, len(rows), size):
+                part = slice(start, start + size)
+                part_cond = PromptEmbeds(cond.prompt_embeds[part], None if cond.pooled is None else cond.pooled[part])
+                with self.accelerator.autocast():
+                    prediction = unet_prediction(unet, noisy[part], timesteps[part], part_cond,
+                                                 None if time_ids is None else time_ids[part])
+                chunks.append(per_sample_mse(prediction, target[part]))
+            grid = torch.zeros(batch.mask.shape, device=device)
+            return grid.index_put((rows, columns), torch.cat(chunks))
+
+        model_err = errors(self.unet)
+        with torch.no_grad(), self.reference.active() as reference:
+            ref_err = errors(reference)
+        out = ranked_dpo_loss(model_err, ref_err, batch.labels, batch.mask, config.train.beta,
+                              config.ranked.weighting, config.ranked.rank_source)
+        implicit = (model_err - ref_err).detach()[batch.mask]
+        return out.loss, {"loss": out.loss.detach(), "implicit_acc": out.implicit_accuracy,
+                          "labelled_pairs": torch.tensor(float(out.pairs)), "implicit_score": implicit.mean(),
+                          "mse": model_err.detach()[batch.mask].mean(), "ref_mse": ref_err[batch.mask].mean()}
+
+    def loss(self, batch: PairBatch | GroupBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss and detached metrics of one micro-batch (shared noise and timestep within a pair)."""
+        if isinstance(batch, GroupBatch):
+            return self.ranked_loss(batch)
         config, scheduler = self.config, self.components.noise_scheduler
         device = self.accelerator.device
         pairs = batch.latents_w.shape[0]
