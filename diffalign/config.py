@@ -346,4 +346,8 @@ def conventions(config: DPORunConfig) -> dict[str, str]:
         "timesteps": f"uniform over [{config.train.min_timestep}, T) of the scheduler's training timesteps, shared by "
                      "the two images of a pair",
         "noise": "one Gaussian noise tensor shared by the two images of a pair",
+        **({"ranked": f"K images of a record share noise and timestep; s_i = err_i - ref_err_i; pair logit "
+                      f"-0.5*beta*(s_i - s_j) for psi_i > psi_j, weighted {config.ranked.weighting} (positions from "
+                      f"{config.ranked.rank_source}), weights mean 1 over each record's labelled pairs"}
+           if config.train.objective == "rank" else {}),
     }

@@ -9,7 +9,8 @@ from diffalign.paths import asset
 REQUIRED = ["model.pretrained=some/model", "data.path=pairs.jsonl"]
 
 
-@pytest.mark.parametrize("name", ["tiny-dpo", "sd15-dpo-lora", "sdxl-dpo-lora", "sdxl-dpo-full"])
+@pytest.mark.parametrize("name", ["tiny-dpo", "sd15-dpo-lora", "sdxl-dpo-lora", "sdxl-dpo-full", "shapes-dpo",
+                                  "tiny-rank-dpo", "sdxl-rank-dpo-lora"])
 def test_shipped_configs_load_and_validate(name):
     config = load_config(asset("configs", f"{name}.yaml"))
     assert isinstance(config, DPORunConfig)

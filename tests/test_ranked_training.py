@@ -85,6 +85,8 @@ def test_cli_rank_dpo_trains_and_saves_a_lora(tmp_path, tiny_sd):
             "checkpoint.every=0"]
     assert main(args) == 0
     assert (tmp_path / "run" / "pytorch_lora_weights.safetensors").is_file()
+    conventions = json.loads((tmp_path / "run" / "conventions.json").read_text())
+    assert "weighted dcg (positions from labels)" in conventions["ranked"]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3] and rows[0]["loss"] == pytest.approx(math.log(2.0), abs=1e-5)
 

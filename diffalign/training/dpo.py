@@ -475,13 +475,14 @@ class DPOTrainer:
 
     def describe(self) -> str:
         config = self.config
+        unit = "records" if config.train.objective == "rank" else "pairs"
         lines = [
             f"diffalign {config.train.objective.upper()} on {config.model.pretrained} "
             f"({'SDXL' if self.components.is_sdxl else 'SD'}), "
             f"{'LoRA r=' + str(config.lora.rank) if config.lora.enabled else 'full fine-tune'}",
             f"  data: {config.data.path} -> " + ", ".join(f"{k} {v}" for k, v in self.data_stats.items()),
-            f"  batch: {config.train.batch_size} pairs x {self.gradient_accumulation} accumulation x "
-            f"{self.accelerator.num_processes} processes = {self.total_batch_size} pairs/step; "
+            f"  batch: {config.train.batch_size} {unit} x {self.gradient_accumulation} accumulation x "
+            f"{self.accelerator.num_processes} processes = {self.total_batch_size} {unit}/step; "
             f"{config.train.max_steps} steps; attention {self.attention}; precision {config.model.mixed_precision}",
             "  conventions: " + "; ".join(f"{k}: {v}" for k, v in conventions(config).items()),
         ]
