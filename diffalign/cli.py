@@ -4,6 +4,7 @@
     diffalign train dpo --config FILE [key=value ...]      Diffusion-DPO (LoRA or full)
     diffalign train sft --config FILE [key=value ...]      SFT on preferred images (baseline)
     diffalign train rank-dpo --config FILE [key=value ...] ranked DPO on K images per prompt (RankDPO, LiPO-λ)
+    diffalign train curriculum-dpo --config FILE curriculum.stages=S [...]  DPO on pairs from easy to hard
     diffalign cache --config FILE [key=value ...]          only build the latent/text cache
     diffalign config show --config FILE [key=value ...]    print the resolved, validated config
     diffalign config reference                             every option with its default and help
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("overrides", nargs="*", help="key=value overrides of assets/configs/shapes-dpo.yaml, e.g. train.beta=1000")
 
     train = commands.add_parser("train", help="train a model")
-    train.add_argument("method", choices=["dpo", "sft", "rank-dpo"])
+    train.add_argument("method", choices=["dpo", "sft", "rank-dpo", "curriculum-dpo"])
     for sub in (train, commands.add_parser("cache", help="build the latent/text-embedding cache only")):
         sub.add_argument("--config", required=True, help="YAML config (see assets/configs/)")
         sub.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.beta=2500")
@@ -370,7 +371,11 @@ def _run(args) -> int:
     elif args.command == "train":
         from diffalign.training import train_dpo
 
-        train_dpo(_config_from_args(args, objective={"rank-dpo": "rank"}.get(args.method, args.method)))
+        config = _config_from_args(args, objective={"rank-dpo": "rank", "curriculum-dpo": "dpo"}.get(args.method,
+                                                                                                     args.method))
+        if args.method == "curriculum-dpo" and not config.curriculum.stages:
+            raise ConfigError("train curriculum-dpo needs curriculum.stages > 0 (e.g. curriculum.stages=5).")
+        train_dpo(config)
     elif args.command == "cache":
         from diffalign.training import DPOTrainer
 

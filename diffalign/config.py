@@ -130,6 +130,15 @@ class RankedConfig:
 
 
 @dataclass
+class CurriculumConfig:
+    stages: int = _opt(0, "Curriculum DPO: train pairs from easy (large gap) to hard in this many stages (0 = off). "
+                          "Needs data.format=jsonl with a 'gap' on every pair.")
+    steps_per_stage: int = _opt(500, "Optimizer steps per stage; the last stage continues to train.max_steps.")
+    mode: str = _opt("cumulative", "cumulative: stage s trains chunks 0..s; exclusive: only chunk s.",
+                     ("cumulative", "exclusive"))
+
+
+@dataclass
 class CheckpointConfig:
     every: int = _opt(500, "Save a resumable checkpoint every N optimizer steps (0 = only at the end).")
     keep_last: int = _opt(3, "Keep the newest M checkpoints.")
@@ -163,6 +172,7 @@ class DPORunConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ranked: RankedConfig = field(default_factory=RankedConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -195,6 +205,12 @@ class DPORunConfig:
         if self.train.objective == "rank" and (self.cache.enabled or self.train.positive_lambda):
             raise ConfigError("ranked training does not support cache.enabled or train.positive_lambda yet; set "
                               "cache.enabled=false and train.positive_lambda=0.")
+        if self.curriculum.stages < 0 or self.curriculum.steps_per_stage < 1:
+            raise ConfigError("curriculum.stages must be >= 0 and curriculum.steps_per_stage >= 1, got "
+                              f"{self.curriculum.stages} and {self.curriculum.steps_per_stage}.")
+        if self.curriculum.stages and (self.data.format != "jsonl" or self.train.objective == "rank"):
+            raise ConfigError("curriculum.stages > 0 needs pairwise data.format=jsonl with a 'gap' on every pair "
+                              f"(got format {self.data.format!r}, objective {self.train.objective!r}).")
         if self.ranked.unet_micro_batch < 0:
             raise ConfigError(f"ranked.unet_micro_batch must be >= 0, got {self.ranked.unet_micro_batch}.")
         if self.train.objective in ("dpo", "rank") and self.train.beta <= 0:

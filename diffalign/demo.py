@@ -83,7 +83,7 @@ def write_pairs(table, run_dir: Path, scorer: str, margin: float, selection: str
         for winner, loser in select_pairs(group[scorer].tolist(), selection, margin):
             win, lose = group.iloc[winner], group.iloc[loser]
             lines.append(json.dumps({"caption": win["prompt"], "image_0": win["image"], "image_1": lose["image"],
-                                     "label_0": 1.0}))
+                                     "label_0": 1.0, "gap": float(win[scorer] - lose[scorer])}))
             if win[CHECKER_FRACTION] != lose[CHECKER_FRACTION]:
                 decided += 1
                 agree += int(win[CHECKER_FRACTION] > lose[CHECKER_FRACTION])

@@ -260,6 +260,8 @@ def load_pairs_jsonl(path: Path) -> datasets.Dataset:
         raise DataError(f"{path}: JSONL file not found.")
     folder = path.resolve().parent
     columns: dict[str, list] = {key: [] for key in COLUMNS}
+    gaps: list[float] = []
+    with_gap: bool | None = None  # set by the first line: every line gives "gap" or none does
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
@@ -279,6 +281,14 @@ def load_pairs_jsonl(path: Path) -> datasets.Dataset:
             label = record["label_0"]
             if isinstance(label, bool) or not isinstance(label, (int, float)) or not 0.0 <= label <= 1.0:
                 raise DataError(f"{where}: key label_0 must be a number in [0, 1], got {label!r}.")
+            with_gap = ("gap" in record) if with_gap is None else with_gap
+            if ("gap" in record) != with_gap:
+                raise DataError(f"{where}: key gap is given on some lines and not on others; give it on all or none.")
+            if with_gap:
+                gap = record["gap"]
+                if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not 0.0 <= gap < float("inf"):
+                    raise DataError(f"{where}: key gap (the pair's difficulty gap) must be a number >= 0, got {gap!r}.")
+                gaps.append(float(gap))
             columns["caption"].append(record["caption"])
             columns["label_0"].append(float(label))
             for key in ("image_0", "image_1"):
@@ -288,4 +298,7 @@ def load_pairs_jsonl(path: Path) -> datasets.Dataset:
                 if not image.is_file():
                     raise DataError(f"{where}: key {key}: image file not found: {image}")
                 columns[key].append(str(image))
+    if gaps:
+        features = datasets.Features({**_JSONL_FEATURES, "gap": datasets.Value("float64")})
+        return datasets.Dataset.from_dict({**columns, "gap": gaps}, features=features)
     return datasets.Dataset.from_dict(columns, features=_JSONL_FEATURES)

@@ -88,6 +88,7 @@ class DPOTrainer:
         self.checkpoints = CheckpointManager(config.output_dir, config.checkpoint.keep_last)
         self.global_step = 0
         self.history: list[dict] = []
+        self.curriculum = None  # curriculum stages (diffalign.data.curriculum.Stage), when curriculum.stages > 0
 
     # Set-up --------------------------------------------------------------------------------------
 
@@ -162,6 +163,13 @@ class DPOTrainer:
                     RankedDataset(records, transform, seed=config.train.seed))
         dataset, stats = build_pair_dataset(config.data, seed=config.train.seed)
         stats = {k: v for k, v in vars(stats).items() if v is not None}
+        if config.curriculum.stages:
+            from diffalign.data.curriculum import curriculum_stages
+
+            if "gap" not in dataset.table.column_names:
+                raise ConfigError(f"curriculum.stages={config.curriculum.stages} needs a 'gap' (difficulty: score or "
+                                  f"rank gap, larger = easier) on every pair of {config.data.path}.")
+            self.curriculum = curriculum_stages(dataset.table["gap"], config.curriculum.stages, config.curriculum.mode)
         if config.cache.enabled:
             from diffalign.data.cache import build_cache
 
@@ -195,8 +203,15 @@ class DPOTrainer:
         if isinstance(self.dataset, torch.utils.data.IterableDataset):
             yield from self._streamed_batches(start)
             return
-        sampler = ResumableBatchSampler(len(self.dataset), config.train.batch_size, config.train.seed,
-                                        accelerator.process_index, accelerator.num_processes, start=start)
+        if self.curriculum:
+            from diffalign.data.curriculum import CurriculumBatchSampler
+
+            sampler = CurriculumBatchSampler(self.curriculum, config.curriculum.steps_per_stage * self.gradient_accumulation,
+                                             config.train.batch_size, config.train.seed, accelerator.process_index,
+                                             accelerator.num_processes, start=start)
+        else:
+            sampler = ResumableBatchSampler(len(self.dataset), config.train.batch_size, config.train.seed,
+                                            accelerator.process_index, accelerator.num_processes, start=start)
         loader = torch.utils.data.DataLoader(EpochIndexed(self.dataset), batch_sampler=sampler,
                                              num_workers=config.data.num_workers,
                                              persistent_workers=config.data.num_workers > 0)
@@ -371,7 +386,12 @@ class DPOTrainer:
                         disable=not accelerator.is_local_main_process)
         window: list[dict[str, torch.Tensor]] = []
         step_start = time.perf_counter()
+        stage = None
         while self.global_step < config.train.max_steps:
+            if self.curriculum and stage != self.curriculum_stage(self.global_step):
+                stage = self.curriculum_stage(self.global_step)
+                accelerator.print(f"curriculum stage {json.dumps(self.curriculum[stage].describe())} "
+                                  f"from step {self.global_step}")
             for _ in range(self.gradient_accumulation):
                 batch = self.to_pair_batch(next(batches))
                 with accelerator.accumulate(self.unet):
@@ -386,6 +406,8 @@ class DPOTrainer:
                     self.optimizer.step()
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
+                if self.curriculum:
+                    metrics["curriculum_stage"] = torch.tensor(float(stage))
                 window.append(metrics)
             self.global_step += 1
             progress.update(1)
@@ -399,6 +421,10 @@ class DPOTrainer:
             if config.validation.prompts and config.validation.every and self.global_step % config.validation.every == 0:
                 self._validate()
         progress.close()
+
+    def curriculum_stage(self, step: int) -> int:
+        """The curriculum stage of optimizer step ``step`` (0-based)."""
+        return min(step // self.config.curriculum.steps_per_stage, len(self.curriculum) - 1)
 
     def _clip_gradients(self) -> torch.Tensor:
         max_norm = self.config.train.max_grad_norm if self.config.train.max_grad_norm > 0 else math.inf
