@@ -24,27 +24,7 @@ What happens, and where the code is:
 
 from __future__ import annotations
 
-import argparse
-
-from accelerate import PartialState
-
-from diffalign.config import load_config
-from diffalign.training import DPOTrainer
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Diffusion-DPO training", epilog=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML config, e.g. assets/configs/sd15-dpo-lora.yaml")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.beta=2500 lora.rank=32")
-    args = parser.parse_args()
-
-    config = load_config(args.config, args.overrides, num_processes=PartialState().num_processes)
-    trainer = DPOTrainer(config)
-    trainer.setup()
-    final = trainer.train()
-    trainer.accelerator.print(f"done: {final}")
-
+from diffalign.training.dpo import train_from_command_line
 
 if __name__ == "__main__":
-    main()
+    train_from_command_line("Diffusion-DPO training")

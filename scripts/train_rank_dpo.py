@@ -15,28 +15,7 @@ this is Diffusion-DPO exactly. Checkpoints, resume, logging and the saved LoRA a
 
 from __future__ import annotations
 
-import argparse
-
-from accelerate import PartialState
-
-from diffalign.config import load_config
-from diffalign.training import DPOTrainer
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Ranked DPO training", epilog=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML config, e.g. assets/configs/sdxl-rank-dpo-lora.yaml")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. ranked.weighting=gain")
-    args = parser.parse_args()
-
-    overrides = ["train.objective=rank", "data.format=ranked", *args.overrides]
-    config = load_config(args.config, overrides, num_processes=PartialState().num_processes)
-    trainer = DPOTrainer(config)
-    trainer.setup()
-    final = trainer.train()
-    trainer.accelerator.print(f"done: {final}")
-
+from diffalign.training.dpo import train_from_command_line
 
 if __name__ == "__main__":
-    main()
+    train_from_command_line("Ranked DPO training", ["train.objective=rank", "data.format=ranked"])

@@ -96,3 +96,15 @@ def test_ranked_objective_needs_ranked_data(tmp_path, tiny_sd):
         tiny_config(tmp_path, tiny_sd, "train.objective=rank")
     with pytest.raises(ConfigError, match="does not support cache.enabled"):
         tiny_config(tmp_path, tiny_sd, "train.objective=rank", "data.format=ranked", "cache.enabled=true")
+
+
+def test_script_entry_point_applies_its_fixed_overrides(tmp_path, tiny_sd):
+    from diffalign.paths import asset
+    from diffalign.training.dpo import train_from_command_line
+
+    argv = ["--config", str(asset("configs", "tiny-dpo.yaml")), f"model.pretrained={tiny_sd}",
+            f"data.path={ranked_copy_of_tiny_pairs(tmp_path)}", f"output_dir={tmp_path / 'run'}", "cache.enabled=false",
+            "train.max_steps=2", "logging.tracker=none", "validation.prompts=[]", "checkpoint.every=0"]
+    final = train_from_command_line("Ranked DPO training", ["train.objective=rank", "data.format=ranked"], argv)
+    assert final["step"] == 2
+    assert "ranked" in json.loads((tmp_path / "run" / "conventions.json").read_text())
