@@ -67,6 +67,12 @@ def curriculum_stages(gaps: Sequence[float], stages: int, mode: str = "cumulativ
     return result
 
 
+def stage_index(position: int, per_stage: int, stages: int) -> int:
+    """The stage (0-based) of ``position`` when each stage lasts ``per_stage`` positions and the last one
+    continues indefinitely."""
+    return min(position // per_stage, stages - 1)
+
+
 class CurriculumBatchSampler(torch.utils.data.Sampler):
     """Batches of ``(index, epoch)`` for this process, stage by stage, from micro-batch ``start`` on, forever.
 
@@ -85,7 +91,7 @@ class CurriculumBatchSampler(torch.utils.data.Sampler):
 
     def stage_at(self, position: int) -> Stage:
         """The stage of micro-batch ``position`` (0-based)."""
-        return self.stages[min(position // self.batches_per_stage, len(self.stages) - 1)]
+        return self.stages[stage_index(position, self.batches_per_stage, len(self.stages))]
 
     def __iter__(self):
         position = self.start

@@ -157,6 +157,7 @@ class RankedDataset(torch.utils.data.Dataset):
         if k_max is not None and k_max < largest:
             raise DataError(f"k_max={k_max} is smaller than the largest record (K={largest})")
         self.records, self.transform, self.seed = list(records), transform, seed
+        self.labels = [record.training_labels for record in self.records]  # derived once, not per item
         self.k_max, self.epoch = k_max or largest, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -176,7 +177,7 @@ class RankedDataset(torch.utils.data.Dataset):
         return {"caption": record.prompt, "index": int(index),
                 "pixel_values": torch.cat([pixels, pixels.new_zeros(pad, *pixels.shape[1:])]),
                 "time_ids": torch.cat([time_ids, time_ids.new_zeros(pad, 6)]),
-                "labels": torch.tensor(record.training_labels + [0.0] * pad, dtype=torch.float32),
+                "labels": torch.tensor(self.labels[int(index)] + [0.0] * pad, dtype=torch.float32),
                 "mask": torch.tensor([True] * k + [False] * pad)}
 
 

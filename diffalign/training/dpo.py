@@ -157,10 +157,10 @@ class DPOTrainer:
             from diffalign.data.transforms import PairTransform
 
             records = read_ranked_jsonl(config.data.path)[:config.data.max_pairs]
-            labelled = sum(int(a > b) for r in records for a in r.training_labels for b in r.training_labels)
             transform = PairTransform(config.data.resolution, config.data.center_crop, config.data.random_flip)
-            return ({"records": len(records), "images": sum(r.k for r in records), "labelled_pairs": labelled},
-                    RankedDataset(records, transform, seed=config.train.seed))
+            dataset = RankedDataset(records, transform, seed=config.train.seed)
+            labelled = sum(int(a > b) for labels in dataset.labels for a in labels for b in labels)
+            return {"records": len(records), "images": sum(r.k for r in records), "labelled_pairs": labelled}, dataset
         dataset, stats = build_pair_dataset(config.data, seed=config.train.seed)
         stats = {k: v for k, v in vars(stats).items() if v is not None}
         if config.curriculum.stages:
@@ -424,7 +424,9 @@ class DPOTrainer:
 
     def curriculum_stage(self, step: int) -> int:
         """The curriculum stage of optimizer step ``step`` (0-based)."""
-        return min(step // self.config.curriculum.steps_per_stage, len(self.curriculum) - 1)
+        from diffalign.data.curriculum import stage_index
+
+        return stage_index(step, self.config.curriculum.steps_per_stage, len(self.curriculum))
 
     def _clip_gradients(self) -> torch.Tensor:
         max_norm = self.config.train.max_grad_norm if self.config.train.max_grad_norm > 0 else math.inf
