@@ -117,7 +117,7 @@ class PreferencePairDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return _make_item(self.table[int(index)], int(index), self.transform,
-                          _item_rng(self.seed, self.epoch, int(index)), self.source)
+                          item_rng(self.seed, self.epoch, int(index)), self.source)
 
     def captions(self) -> list[str]:
         """All captions, in item order (reads the caption column only, decodes no image)."""
@@ -170,12 +170,12 @@ class StreamingPreferencePairs(torch.utils.data.IterableDataset):
                 continue
             index = self.stats.pairs * num_workers + worker_id
             self.stats.pairs += 1
-            yield _make_item(row, index, self.transform, _item_rng(self.seed, self.epoch, index), self.source)
+            yield _make_item(row, index, self.transform, item_rng(self.seed, self.epoch, index), self.source)
             if limit is not None and self.stats.pairs >= limit:
                 return
 
 
-def _item_rng(seed: int, epoch: int, index: int) -> random.Random:
+def item_rng(seed: int, epoch: int, index: int) -> random.Random:
     """An rng that depends on (seed, epoch, index) only, stable across processes and runs."""
     digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
     return random.Random(int.from_bytes(digest, "little"))

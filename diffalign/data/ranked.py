@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from diffalign.data.pairs import DataError
+from diffalign.data.pairs import DataError, item_rng, open_pair_image
 from diffalign.scorers.ensemble import win_fractions
 
 _LIST_KEYS = ("labels", "scores", "ranks", "sources", "seeds")
@@ -167,12 +167,10 @@ class RankedDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
-        from diffalign.data.pairs import _item_rng, open_pair_image
-
         record, k = self.records[int(index)], self.records[int(index)].k
         images = [open_pair_image(path, "ranked records", int(index), f"images[{j}]")
                   for j, path in enumerate(record.images)]
-        pixels, time_ids = self.transform.transform_group(images, _item_rng(self.seed, self.epoch, int(index)))
+        pixels, time_ids = self.transform.transform_group(images, item_rng(self.seed, self.epoch, int(index)))
         pad = self.k_max - k
         return {"caption": record.prompt, "index": int(index),
                 "pixel_values": torch.cat([pixels, pixels.new_zeros(pad, *pixels.shape[1:])]),
