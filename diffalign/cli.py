@@ -18,6 +18,7 @@
     diffalign eval scorer-accuracy --scorer SPEC --pairs SRC | --ranked SRC
     diffalign scorers                                                  registered scorers and options
     diffalign data synth --prompts SPEC --model [NAME=]M --scorer SPEC --out DIR [--shard I/N]   ranked data
+    diffalign data pairs --ranked FILE --out FILE [--selection S --margin M --gap score|rank]   pairs from ranked data
 
 Multi-GPU and multi-node: ``accelerate launch -m diffalign.cli train dpo --config ...``.
 """
@@ -29,6 +30,7 @@ import dataclasses
 import logging
 import sys
 import typing
+from pathlib import Path
 
 import yaml
 
@@ -238,9 +240,31 @@ def _add_data_commands(commands) -> None:
     synth.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
                        help="auto: fp16 on CUDA, fp32 on CPU")
     synth.add_argument("--device")
+    pairs = actions.add_parser("pairs", help="pair JSONL (with a curriculum gap) from ranked JSONL, for DPO and "
+                                             "Curriculum DPO")
+    pairs.add_argument("--ranked", required=True, help="ranked JSONL (e.g. from data synth)")
+    pairs.add_argument("--out", required=True, help="pair JSONL to write")
+    pairs.add_argument("--selection", choices=["all", "adjacent", "best-rest", "best-worst"], default="all")
+    pairs.add_argument("--margin", type=float, default=0.0, help="pairs whose value gap is <= this are ties, dropped")
+    pairs.add_argument("--gap", choices=["score", "rank"], default="score",
+                       help="difficulty written as each pair's gap: value difference or position difference")
+    pairs.add_argument("--scorer", help="order by raw_scores[SCORER] (default: scores, else labels)")
 
 
 def _run_data(args) -> int:
+    if args.action == "pairs":
+        import json
+
+        from diffalign.data.ranked import ranked_to_pairs, read_ranked_jsonl
+        from diffalign.evaluation.generate import write_text_atomic
+
+        records = read_ranked_jsonl(args.ranked)
+        rows = ranked_to_pairs(records, args.selection, args.margin, args.gap, args.scorer)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out, "".join(json.dumps(row) + "\n" for row in rows))
+        print(f"{len(rows)} pairs from {len(records)} ranked records -> {out}")
+        return 0
     import torch
 
     from diffalign.data.pairs import DataError
@@ -313,8 +337,6 @@ def _run_eval(args) -> int:
         comparison = runs.compare_runs(args.run_a, args.run_b, confidence=args.confidence, resamples=args.resamples)
         print(runs.format_comparison(comparison))
         if args.out:
-            from pathlib import Path
-
             import pandas as pd
 
             Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -336,8 +358,6 @@ def _run_eval(args) -> int:
         text = json.dumps(result, indent=2)
         print(text)
         if args.out:
-            from pathlib import Path
-
             Path(args.out).write_text(text + "\n")
     return 0
 

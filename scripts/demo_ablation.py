@@ -4,6 +4,8 @@
     python scripts/demo_ablation.py variant NAME --captions 256 --images 4 --out outputs/ablation \\
         [--selection all|best-worst] [--margin 2] [--pairs FILE] [key=value ...]
     python scripts/demo_ablation.py ground-truth --out outputs/ablation    # pairs whose winner is a true render
+    python scripts/demo_ablation.py synth --captions 128 --images 4 --out outputs/ranked   # ranked data + pairs
+    python scripts/demo_ablation.py variant NAME --ranked FILE --out outputs/ranked [key=value ...]   # RankDPO
 
 ``pool`` generates the training samples once (the demo's generation settings, seed 0; the first 64
 and 128 captions are the demo's own), scores them with shapes-clip and the checker, and generates
@@ -12,6 +14,13 @@ captions with new seeds. ``variant`` labels pairs from the first ``--captions`` 
 ``--images`` images of each (or takes ``--pairs``), trains DPO with assets/configs/shapes-dpo.yaml
 plus the overrides, generates the aligned images on both prompt sets with the same seeds, and
 appends paired differences and win rates against the base to ``OUT/results.jsonl``.
+
+``synth`` makes the data of the DPO / RankDPO / Curriculum DPO comparison (docs/embedded-model.md)
+with ``diffalign data synth``'s code: ``--images`` samples for each of the first ``--captions``
+training captions, ranked by shapes-clip (``OUT/synth/ranked-00000-of-00001.jsonl``), and their pairs
+with a shapes-clip gap above ``--margin`` (``OUT/synth/pairs.jsonl``, score gap as the curriculum
+difficulty); it also makes the base runs if ``pool`` has not. ``variant --ranked FILE`` trains
+ranked DPO on those records instead of pairs.
 """
 
 from __future__ import annotations
@@ -48,15 +57,38 @@ def generate_and_score(pipeline, prompts, run: Path, images: int, seed: int, nam
     return run
 
 
+def pool_captions() -> list[str]:
+    return training_captions(POOL_CAPTIONS, 0, {record.text for record in load_prompt_set("shapes-demo")})
+
+
+def make_base(out: Path, pipeline, captions: list[str]) -> None:
+    """The base model's images on the held-out captions and on 36 training captions (new seeds)."""
+    generate_and_score(pipeline, load_prompt_set("shapes-demo"), out / "held-out-base", 4, 1000, "base")
+    generate_and_score(pipeline, prompt_file(out / "train-eval-prompts.jsonl", captions[:TRAIN_EVAL_CAPTIONS]),
+                       out / "train-eval-base", 4, 2000, "base")
+
+
 def make_pool(out: Path) -> None:
-    held_out = load_prompt_set("shapes-demo")
-    captions = training_captions(POOL_CAPTIONS, 0, {record.text for record in held_out})
+    captions = pool_captions()
     pipeline = load_eval_pipeline(MODEL, device="cpu")
     generate_and_score(pipeline, prompt_file(out / "pool-prompts.jsonl", captions), out / "pool", POOL_IMAGES, 0,
                        "pool")
-    generate_and_score(pipeline, held_out, out / "held-out-base", 4, 1000, "base")
-    generate_and_score(pipeline, prompt_file(out / "train-eval-prompts.jsonl", captions[:TRAIN_EVAL_CAPTIONS]),
-                       out / "train-eval-base", 4, 2000, "base")
+    make_base(out, pipeline, captions)
+
+
+def make_ranked(out: Path, captions: int, images: int, margin: float) -> None:
+    """Ranked records of the first ``captions`` pool captions (``images`` samples each, seed 0) and their pairs."""
+    from diffalign.data.ranked import ranked_to_pairs, read_ranked_jsonl
+    from diffalign.data.synth import synthesize_ranked
+
+    chosen = pool_captions()
+    prompts = prompt_file(out / "synth-prompts.jsonl", chosen[:captions])
+    ranked = synthesize_ranked(prompts, {"shapes-sd": MODEL}, [SCORER], out / "synth",
+                               GenerationSettings(images_per_prompt=images, seed=0, **GENERATION), device="cpu")
+    rows = ranked_to_pairs(read_ranked_jsonl(ranked), "all", margin, "score", SCORER)
+    write_text_atomic(out / "synth" / "pairs.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    print(f"{ranked}: {captions} records; {len(rows)} pairs -> {out / 'synth' / 'pairs.jsonl'}")
+    make_base(out, load_eval_pipeline(MODEL, device="cpu"), chosen)
 
 
 def write_ground_truth_pairs(out: Path) -> Path:
@@ -82,13 +114,17 @@ def write_ground_truth_pairs(out: Path) -> Path:
 
 
 def run_variant(out: Path, name: str, captions: int, images: int, selection: str, margin: float,
-                pairs_file: str | None, overrides: list[str]) -> dict:
+                pairs_file: str | None, ranked_file: str | None, overrides: list[str]) -> dict:
     start = time.perf_counter()
     folder = out / name
     for stale in ("dpo", "held-out", "train-eval"):
         shutil.rmtree(folder / stale, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
-    if pairs_file:
+    data = [f"data.path={folder / 'pairs.jsonl'}"]
+    if ranked_file:
+        labels = {}
+        data = [f"data.path={Path(ranked_file).resolve()}", "data.format=ranked", "train.objective=rank"]
+    elif pairs_file:
         shutil.copy(pairs_file, folder / "pairs.jsonl")
         labels = {}
     else:
@@ -99,7 +135,7 @@ def run_variant(out: Path, name: str, captions: int, images: int, selection: str
     from diffalign.training import train_dpo
 
     config = load_config(asset("configs", "shapes-dpo.yaml"), [
-        f"model.pretrained={MODEL}", f"data.path={folder / 'pairs.jsonl'}", f"output_dir={folder / 'dpo'}",
+        f"model.pretrained={MODEL}", *data, f"output_dir={folder / 'dpo'}",
         f"cache.dir={out / 'cache'}", "train.seed=0", *overrides])
     final = train_dpo(config)
     if config.lora.enabled:
@@ -109,7 +145,7 @@ def run_variant(out: Path, name: str, captions: int, images: int, selection: str
     else:
         pipeline = load_eval_pipeline(MODEL, device="cpu", unet=str(folder / "dpo" / "unet"))
     result = {"name": name, "captions": captions, "images": images, "selection": selection, "margin": margin,
-              "pairs_file": pairs_file, "overrides": overrides, "labels": labels, "final_loss": final.get("loss")}
+              "pairs_file": pairs_file, "ranked_file": ranked_file, "overrides": overrides, "labels": labels, "final_loss": final.get("loss")}
     evaluations = [("held_out", load_prompt_set("shapes-demo"), 1000),
                    ("train_eval", load_prompt_set(f"jsonl:{out / 'train-eval-prompts.jsonl'}"), 2000)]
     for tag, prompts, seed in evaluations:
@@ -126,7 +162,7 @@ def run_variant(out: Path, name: str, captions: int, images: int, selection: str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["pool", "ground-truth", "variant"])
+    parser.add_argument("command", choices=["pool", "ground-truth", "synth", "variant"])
     parser.add_argument("name", nargs="?", help="variant name (its folder under --out)")
     parser.add_argument("--out", default="outputs/ablation")
     parser.add_argument("--captions", type=int, default=POOL_CAPTIONS)
@@ -134,6 +170,7 @@ def main() -> None:
     parser.add_argument("--selection", default="all", choices=["all", "best-worst"])
     parser.add_argument("--margin", type=float, default=2.0)
     parser.add_argument("--pairs", help="train on this pairs JSONL instead of labelling the pool")
+    parser.add_argument("--ranked", help="train ranked DPO on this ranked JSONL instead of pairs")
     args, overrides = parser.parse_known_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,10 +178,13 @@ def main() -> None:
         make_pool(out)
     elif args.command == "ground-truth":
         print(write_ground_truth_pairs(out))
+    elif args.command == "synth":
+        make_ranked(out, args.captions, args.images, args.margin)
     elif not args.name:
         parser.error("variant needs a NAME")
     else:
-        run_variant(out, args.name, args.captions, args.images, args.selection, args.margin, args.pairs, overrides)
+        run_variant(out, args.name, args.captions, args.images, args.selection, args.margin, args.pairs, args.ranked,
+                    overrides)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from diffalign.data import DataError
-from diffalign.data.ranked import (RankedRecord, read_ranked_jsonl, records_from_groups, records_from_hpdv2,
-                                   records_from_pairs, write_ranked_jsonl)
+from diffalign.data.ranked import (RankedRecord, ranked_to_pairs, read_ranked_jsonl, records_from_groups,
+                                   records_from_hpdv2, records_from_pairs, write_ranked_jsonl)
 
 
 @pytest.fixture
@@ -126,3 +126,37 @@ def test_ranked_dataset_pads_masks_and_shares_one_crop_and_flip(tmp_path):
     assert flips == {True, False}
     with pytest.raises(DataError, match="k_max=2 is smaller"):
         RankedDataset(records, PairTransform(32), k_max=2)
+
+
+def test_pairs_from_ranked_records_with_score_and_rank_gaps():
+    record = RankedRecord(prompt="p", images=["a", "b", "c", "d"], scores=[1.0, 4.0, 2.5, 2.5],
+                          raw_scores={"clip": [9.0, 1.0, 5.0, 3.0]})
+    # order by scores: b (4.0), c (2.5), d (2.5, after c by index), a (1.0); c-d is a tie and dropped
+    rows = ranked_to_pairs([record], "all", margin=0.0, gap="score")
+    assert [(r["image_0"], r["image_1"], r["gap"]) for r in rows] == [
+        ("b", "a", 3.0), ("c", "a", 1.5), ("d", "a", 1.5), ("b", "c", 1.5), ("b", "d", 1.5)]
+    assert all(r["caption"] == "p" and r["label_0"] == 1.0 for r in rows)
+    ranked = ranked_to_pairs([record], "adjacent", gap="rank")
+    assert [(r["image_0"], r["image_1"], r["gap"]) for r in ranked] == [("b", "c", 1.0), ("d", "a", 1.0)]
+    by_clip = ranked_to_pairs([record], "best-worst", margin=7.0, gap="rank", scorer="clip")
+    assert [(r["image_0"], r["image_1"], r["gap"]) for r in by_clip] == [("a", "b", 3.0)]  # 9 - 1 > 7
+    assert ranked_to_pairs([record], "best-worst", margin=8.0, scorer="clip") == []  # gap 8 is within the margin
+    with pytest.raises(DataError, match=r"raw_scores\['hps'\]"):
+        ranked_to_pairs([record], scorer="hps")
+    with pytest.raises(DataError, match="gap must be one of"):
+        ranked_to_pairs([record], gap="size")
+
+
+def test_cli_data_pairs_writes_curriculum_ready_jsonl(tmp_path, images, capsys):
+    from diffalign.cli import main
+    from diffalign.config import DataConfig
+    from diffalign.data.pairs import load_preference_table
+
+    ranked = write_lines(tmp_path / "ranked.jsonl", [
+        {"prompt": "p0", "images": ["img/a.png", "img/b.png", "img/c.png"], "scores": [3.0, 1.0, 2.0]}])
+    out = tmp_path / "pairs" / "pairs.jsonl"
+    assert main(["data", "pairs", "--ranked", str(ranked), "--out", str(out), "--gap", "rank"]) == 0
+    assert "3 pairs from 1 ranked records" in capsys.readouterr().out
+    table, stats = load_preference_table(DataConfig(format="jsonl", path=str(out)))
+    assert stats.pairs == 3 and table["gap"] == [2.0, 1.0, 1.0]
+    assert table["image_0"] == [str(images / "a.png"), str(images / "a.png"), str(images / "c.png")]

@@ -179,6 +179,45 @@ class RankedDataset(torch.utils.data.Dataset):
                 "mask": torch.tensor([True] * k + [False] * pad)}
 
 
+# Pairs from ranked records --------------------------------------------------------------------------
+
+GAPS = ("score", "rank")
+
+
+def ranked_to_pairs(records: Sequence[RankedRecord], selection: str = "all", margin: float = 0.0,
+                    gap: str = "score", scorer: str | None = None) -> list[dict]:
+    """Pair JSONL rows (caption, image_0 = winner, image_1, label_0 = 1.0, gap) from ranked records.
+
+    A record's images are ordered by one value per image, higher is better: ``raw_scores[scorer]`` when
+    ``scorer`` is given, else ``scores``, else the training labels (win fractions). ``selection`` and
+    ``margin`` are those of :func:`diffalign.data.selectors.select_pairs` (pairs within ``margin`` are
+    ties and dropped). ``gap`` is each pair's difficulty for Curriculum DPO (larger = easier): the value
+    difference (``score``) or the difference of the two images' positions in the order (``rank``, 1 for
+    neighbours). Image paths are kept as they are (absolute when read by :func:`read_ranked_jsonl`).
+    """
+    from diffalign.data.selectors import select_pairs
+
+    if gap not in GAPS:
+        raise DataError(f"gap must be one of {GAPS}, got {gap!r}")
+    rows = []
+    for number, record in enumerate(records):
+        if scorer is not None:
+            if scorer not in record.raw_scores:
+                raise DataError(f"record {number} ({record.prompt!r}) has no raw_scores[{scorer!r}]; it has "
+                                f"{sorted(record.raw_scores) or 'none'}")
+            values = record.raw_scores[scorer]
+        else:
+            values = record.scores if record.scores is not None else record.training_labels
+        values = [float(value) for value in values]
+        position = {image: place for place, image in
+                    enumerate(sorted(range(record.k), key=lambda index: (-values[index], index)))}
+        for winner, loser in select_pairs(values, selection, margin):
+            difficulty = values[winner] - values[loser] if gap == "score" else position[loser] - position[winner]
+            rows.append({"caption": record.prompt, "image_0": record.images[winner], "image_1": record.images[loser],
+                         "label_0": 1.0, "gap": float(difficulty)})
+    return rows
+
+
 # Adapters -----------------------------------------------------------------------------------------
 
 def records_from_hpdv2(test_json: str | Path, images_root: str | Path | None = None,
