@@ -136,6 +136,8 @@ class CurriculumConfig:
     steps_per_stage: int = _opt(500, "Optimizer steps per stage; the last stage continues to train.max_steps.")
     mode: str = _opt("cumulative", "cumulative: stage s trains chunks 0..s; exclusive: only chunk s.",
                      ("cumulative", "exclusive"))
+    refresh_reference: bool = _opt(False, "At the start of each stage after the first, the current model becomes "
+                                          "the DPO reference (Curry-DPO); saved in checkpoints for resume.")
 
 
 @dataclass
@@ -211,6 +213,9 @@ class DPORunConfig:
         if self.curriculum.stages and (self.data.format != "jsonl" or self.train.objective == "rank"):
             raise ConfigError("curriculum.stages > 0 needs pairwise data.format=jsonl with a 'gap' on every pair "
                               f"(got format {self.data.format!r}, objective {self.train.objective!r}).")
+        if self.curriculum.refresh_reference and not self.curriculum.stages:
+            raise ConfigError("curriculum.refresh_reference refreshes the reference at curriculum stages; set "
+                              "curriculum.stages > 0 or turn it off.")
         if self.ranked.unet_micro_batch < 0:
             raise ConfigError(f"ranked.unet_micro_batch must be >= 0, got {self.ranked.unet_micro_batch}.")
         if self.train.objective in ("dpo", "rank") and self.train.beta <= 0:
@@ -362,6 +367,9 @@ def conventions(config: DPORunConfig) -> dict[str, str]:
         "timesteps": f"uniform over [{config.train.min_timestep}, T) of the scheduler's training timesteps, shared by "
                      "the two images of a pair",
         "noise": "one Gaussian noise tensor shared by the two images of a pair",
+        **({"reference": "refreshed at each curriculum stage: the model at the stage's first step"}
+           if config.curriculum.stages and config.curriculum.refresh_reference else
+           {"reference": "the base model (LoRA adapters disabled, or a frozen copy of the initial UNet)"}),
         **({"ranked": f"K images of a record share noise and timestep; s_i = err_i - ref_err_i; pair logit "
                       f"-0.5*beta*(s_i - s_j) for psi_i > psi_j, weighted {config.ranked.weighting} (positions from "
                       f"{config.ranked.rank_source}), weights mean 1 over each record's labelled pairs"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,24 +192,97 @@ class Reference:
     """The frozen reference policy of DPO, run under the caller's autocast like the policy.
 
     With LoRA it is the same UNet with adapters disabled (no second copy in memory); for a full
-    fine-tune it is a frozen copy of the initial UNet in the frozen-weight dtype.
+    fine-tune it is a frozen copy of the initial UNet in the frozen-weight dtype. :meth:`refresh`
+    makes the policy's current weights the reference (Curriculum DPO's per-stage reference): with
+    LoRA they go into a second, frozen adapter named ``reference`` that is switched on only inside
+    :meth:`active`.
     """
+
+    ADAPTER = "reference"
 
     def __init__(self, unet: UNet2DConditionModel, use_lora: bool, weight_dtype: torch.dtype):
         self.use_lora = use_lora
         self.unet = unet if use_lora else copy.deepcopy(unet).requires_grad_(False).eval().to(dtype=weight_dtype)
+        self.source_step: int | None = None  # the optimizer step whose weights are the reference (None = the base)
 
     @contextmanager
     def active(self) -> Iterator[UNet2DConditionModel]:
-        """Yield the reference UNet; with LoRA, adapters are disabled inside the block only."""
+        """Yield the reference UNet; with LoRA, the adapters are switched inside the block only."""
         if not self.use_lora:
             yield self.unet
             return
-        self.unet.disable_adapters()
+        if self.source_step is None:
+            self.unet.disable_adapters()
+            try:
+                yield self.unet
+            finally:
+                self.unet.enable_adapters()
+            return
+        self.unet.set_adapter(self.ADAPTER)
         try:
             yield self.unet
         finally:
-            self.unet.enable_adapters()
+            self._train_default_adapter()
+
+    def _train_default_adapter(self) -> None:
+        """Activate the trained adapter again; peft's set_adapter also flips requires_grad, so the
+        reference adapter is frozen explicitly."""
+        self.unet.set_adapter("default")
+        for name, param in self.unet.named_parameters():
+            if f".{self.ADAPTER}." in name:
+                param.requires_grad_(False)
+
+    def _lora_pairs(self) -> list[tuple[torch.nn.Parameter, torch.nn.Parameter]]:
+        """(reference, policy) parameter pairs of the two adapters."""
+        params = dict(self.unet.named_parameters())
+        return [(params[name.replace(".default.", f".{self.ADAPTER}.")], param)
+                for name, param in params.items() if ".default." in name]
+
+    def _ensure_adapter(self) -> None:
+        """Add the frozen reference adapter (the trained adapter's config, without dropout) once."""
+        if self.ADAPTER not in self.unet.peft_config:
+            config = copy.deepcopy(self.unet.peft_config["default"])
+            config.lora_dropout = 0.0
+            with warnings.catch_warnings():  # peft warns that a second adapter is being added: that is the point
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                self.unet.add_adapter(config, adapter_name=self.ADAPTER)
+            self._train_default_adapter()
+
+    @torch.no_grad()
+    def refresh(self, policy: UNet2DConditionModel, step: int) -> None:
+        """Make the policy's weights at optimizer step ``step`` the reference (``policy``: the unwrapped
+        training UNet; with LoRA it is this same UNet and its trained adapter is copied)."""
+        if self.use_lora:
+            self._ensure_adapter()
+            for reference, trained in self._lora_pairs():
+                reference.copy_(trained)
+        else:
+            self.unet.load_state_dict(policy.state_dict())
+        self.source_step = step
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The refreshed reference's own weights (for checkpoints): the reference adapter, or the whole UNet."""
+        if self.source_step is None:
+            raise RuntimeError("the reference is the base model; there is nothing to save")
+        if not self.use_lora:
+            return {name: tensor.detach().cpu().contiguous() for name, tensor in self.unet.state_dict().items()}
+        params = dict(self.unet.named_parameters())
+        return {name: param.detach().cpu().contiguous() for name, param in params.items() if f".{self.ADAPTER}." in name}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, torch.Tensor], step: int) -> None:
+        """Restore a reference saved by :meth:`state_dict` at optimizer step ``step``."""
+        if self.use_lora:
+            self._ensure_adapter()
+            params = dict(self.unet.named_parameters())
+            missing = {name for name in params if f".{self.ADAPTER}." in name} - state.keys()
+            if missing:
+                raise RuntimeError(f"saved reference lacks {len(missing)} adapter tensors, e.g. {sorted(missing)[0]}")
+            for name, tensor in state.items():
+                params[name].copy_(tensor)
+        else:
+            self.unet.load_state_dict(state)
+        self.source_step = step
 
 
 def lora_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 from itertools import islice
 
 import pytest
+import torch
 
 from conftest import TINY_PAIRS, tiny_config
 from diffalign.cli import main
@@ -67,3 +69,63 @@ def test_missing_or_partial_gaps_are_clear_errors(tmp_path, tiny_sd):
         load_pairs_jsonl(partial)
     with pytest.raises(ConfigError, match="needs pairwise data.format=jsonl"):
         tiny_config(tmp_path, tiny_sd, "data.format=pickapic", "curriculum.stages=2")
+
+
+def refresh_config(folder, model, path, *extra):
+    return tiny_config(folder, model, f"data.path={path}", "cache.enabled=false", "curriculum.stages=2",
+                       "curriculum.steps_per_stage=2", "curriculum.refresh_reference=true", "train.batch_size=2",
+                       "train.max_steps=4", "train.learning_rate=1e-2", "train.warmup_steps=0", *extra)
+
+
+def trained_weights(trainer):
+    from diffalign.training.checkpoint import trainable_state_dict
+
+    return trainable_state_dict(trainer.accelerator.unwrap_model(trainer.unet))
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_reference_refresh_makes_the_stage_start_model_the_reference(tmp_path, tiny_sd, capsys, lora):
+    path = pairs_with_gaps(tmp_path)
+    trainer = DPOTrainer(refresh_config(tmp_path, tiny_sd, path, f"lora.enabled={str(lora).lower()}"))
+    trainer.setup()
+    trainer.run_steps()
+    assert "reference refreshed: the model at step 2 is the reference of stage 1" in capsys.readouterr().out
+    losses = [row["loss"] for row in trainer.history]
+    # the first step of each stage compares the policy with itself: every logit is 0, the loss log 2
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-6)
+    assert losses[2] == pytest.approx(math.log(2), abs=1e-6)
+    assert abs(losses[1] - math.log(2)) > 1e-6 and abs(losses[3] - math.log(2)) > 1e-6
+    assert [row["curriculum_pairs"] for row in trainer.history] == [12.0, 12.0, 24.0, 24.0]  # 24 pairs, cumulative
+    assert trainer.reference.source_step == 2
+    if lora:  # the reference adapter is frozen and not among the saved LoRA weights
+        assert not any(".reference." in name for name in trained_weights(trainer))
+
+
+def test_refreshed_reference_survives_a_resume(tmp_path, tiny_sd):
+    path = pairs_with_gaps(tmp_path)
+    straight = DPOTrainer(refresh_config(tmp_path / "a", tiny_sd, path))
+    straight.setup()
+    straight.run_steps()
+    interrupted = DPOTrainer(refresh_config(tmp_path / "b", tiny_sd, path, "train.max_steps=3", "checkpoint.every=3"))
+    interrupted.setup()
+    interrupted.run_steps()
+    interrupted._save_checkpoint()
+    resumed = DPOTrainer(refresh_config(tmp_path / "b", tiny_sd, path, "checkpoint.resume_from=latest"))
+    resumed.setup()
+    assert resumed.global_step == 3 and resumed.reference.source_step == 2
+    resumed.run_steps()
+    expected, actual = trained_weights(straight), trained_weights(resumed)
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    assert resumed.history[-1]["loss"] == straight.history[-1]["loss"]
+
+    plain = DPOTrainer(tiny_config(tmp_path / "c", tiny_sd, f"data.path={path}", "cache.enabled=false",
+                                   "curriculum.stages=2", "curriculum.steps_per_stage=2", "train.batch_size=2",
+                                   "train.max_steps=3", "checkpoint.every=3"))
+    plain.setup()
+    plain.run_steps()
+    without = DPOTrainer(refresh_config(tmp_path / "c", tiny_sd, path, "checkpoint.resume_from=latest"))
+    without.setup()
+    with pytest.raises(RuntimeError, match="holds the reference of step None"):
+        without.run_steps()
+    with pytest.raises(ConfigError, match="refreshes the reference at curriculum stages"):
+        tiny_config(tmp_path, tiny_sd, "curriculum.refresh_reference=true")

@@ -67,8 +67,9 @@ class CheckpointManager:
             raise FileNotFoundError(f"checkpoint.resume_from={resume_from}: no {STATE_FILE} there, not a checkpoint.")
         return path
 
-    def save(self, accelerator, step: int, state: dict) -> Path:
-        """Write checkpoint ``step`` atomically on all processes; prune to ``keep_last``."""
+    def save(self, accelerator, step: int, state: dict, files: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+        """Write checkpoint ``step`` atomically on all processes; prune to ``keep_last``. ``files``: extra
+        safetensors files (name -> tensors) written by the main process into the same folder."""
         final = self.root / f"step-{step:08d}"
         tmp = self.root / f".tmp-step-{step:08d}"
         if accelerator.is_main_process:
@@ -77,6 +78,8 @@ class CheckpointManager:
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
         if accelerator.is_main_process:
+            for name, tensors in (files or {}).items():
+                save_file(tensors, str(tmp / name))
             (tmp / STATE_FILE).write_text(json.dumps(dict(state, global_step=step), indent=2))
             if final.exists():
                 shutil.rmtree(final)

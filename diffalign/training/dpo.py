@@ -34,6 +34,8 @@ from diffalign.training.sampler import EpochIndexed, ResumableBatchSampler
 
 logger = logging.getLogger(__name__)
 
+REFERENCE_FILE = "reference.safetensors"  # in a checkpoint: the refreshed reference (Curriculum DPO)
+
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good state was saved as a checkpoint first."""
@@ -186,6 +188,10 @@ class DPOTrainer:
         state = self.checkpoints.read_state(path)
         self.global_step = state["global_step"]
         set_generator_state(self.noise_generator, state["noise_generator"])
+        if state.get("reference_step") is not None:
+            from safetensors.torch import load_file
+
+            self.reference.load_state_dict(load_file(str(path / REFERENCE_FILE)), state["reference_step"])
         self.accelerator.step = self.global_step * self.gradient_accumulation
         self.history = [row for row in self._read_history() if row["step"] <= self.global_step]
         logger.info("resumed from %s at step %d", path, self.global_step)
@@ -361,11 +367,13 @@ class DPOTrainer:
     # The loop --------------------------------------------------------------------------------------
 
     def _checkpoint_state(self) -> dict:
-        return {"noise_generator": generator_state(self.noise_generator)}
+        return {"noise_generator": generator_state(self.noise_generator), "reference_step": self.reference.source_step}
 
     def _save_checkpoint(self) -> Path:
         self.accelerator.step = self.global_step * self.gradient_accumulation
-        return self.checkpoints.save(self.accelerator, self.global_step, self._checkpoint_state())
+        refreshed = self.reference.source_step is not None
+        files = {REFERENCE_FILE: self.reference.state_dict()} if refreshed and self.accelerator.is_main_process else None
+        return self.checkpoints.save(self.accelerator, self.global_step, self._checkpoint_state(), files)
 
     def train(self) -> dict:
         """Run to ``train.max_steps``, save the final weights and model card; returns the final metrics."""
@@ -392,6 +400,10 @@ class DPOTrainer:
                 stage = self.curriculum_stage(self.global_step)
                 accelerator.print(f"curriculum stage {json.dumps(self.curriculum[stage].describe())} "
                                   f"from step {self.global_step}")
+                if config.curriculum.refresh_reference and stage > 0:
+                    self._stage_reference(stage)
+                stage_metrics = {f"curriculum_{key}": torch.tensor(float(value))
+                                 for key, value in self.curriculum[stage].describe().items()}
             for _ in range(self.gradient_accumulation):
                 batch = self.to_pair_batch(next(batches))
                 with accelerator.accumulate(self.unet):
@@ -407,7 +419,7 @@ class DPOTrainer:
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 if self.curriculum:
-                    metrics["curriculum_stage"] = torch.tensor(float(stage))
+                    metrics.update(stage_metrics)
                 window.append(metrics)
             self.global_step += 1
             progress.update(1)
@@ -421,6 +433,19 @@ class DPOTrainer:
             if config.validation.prompts and config.validation.every and self.global_step % config.validation.every == 0:
                 self._validate()
         progress.close()
+
+    def _stage_reference(self, stage: int) -> None:
+        """Curry-DPO: the model at the stage's first step is the stage's reference. Entering the stage
+        at that step refreshes it; a run resumed inside the stage has it from the checkpoint."""
+        first_step = stage * self.config.curriculum.steps_per_stage
+        if self.global_step == first_step:
+            self.reference.refresh(self.accelerator.unwrap_model(self.unet), first_step)
+            self.accelerator.print(f"reference refreshed: the model at step {first_step} is the reference of "
+                                   f"stage {stage}")
+        elif self.reference.source_step != first_step:
+            raise RuntimeError(f"resuming at step {self.global_step} inside curriculum stage {stage}, whose reference "
+                               f"is the model at step {first_step}, but the checkpoint holds the reference of step "
+                               f"{self.reference.source_step} (was it written with curriculum.refresh_reference off?)")
 
     def curriculum_stage(self, step: int) -> int:
         """The curriculum stage of optimizer step ``step`` (0-based)."""
