@@ -87,8 +87,8 @@ class CacheConfig:
     enabled: bool = _opt(False, "Pre-compute VAE latents and text embeddings once, then train from disk.")
     dir: str = _opt(".diffalign-cache", "Cache root; each model+data+preprocessing gets its own key folder.")
     dtype: str = _opt("float16", "Storage dtype of cached tensors.", ("float16", "bfloat16", "float32"))
-    batch_size: int = _opt(8, "Pairs per VAE / text-encoder batch while building the cache.")
-    shard_size: int = _opt(1024, "Pairs per cache shard file.")
+    batch_size: int = _opt(8, "Pairs (or ranked records) per VAE / text-encoder batch while building the cache.")
+    shard_size: int = _opt(1024, "Pairs (or ranked records) per cache shard file.")
 
 
 @dataclass
@@ -204,9 +204,6 @@ class DPORunConfig:
             raise ConfigError("train.objective=rank trains on ranked records and needs data.format=ranked (and "
                               f"the other way round); got objective {self.train.objective!r}, format "
                               f"{self.data.format!r}.")
-        if self.train.objective == "rank" and (self.cache.enabled or self.train.positive_lambda):
-            raise ConfigError("ranked training does not support cache.enabled or train.positive_lambda yet; set "
-                              "cache.enabled=false and train.positive_lambda=0.")
         if self.curriculum.stages < 0 or self.curriculum.steps_per_stage < 1:
             raise ConfigError("curriculum.stages must be >= 0 and curriculum.steps_per_stage >= 1, got "
                               f"{self.curriculum.stages} and {self.curriculum.steps_per_stage}.")

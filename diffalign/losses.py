@@ -164,7 +164,8 @@ def ranked_pair_weights(labels: torch.Tensor, mask: torch.Tensor, weighting: str
 
 
 def ranked_dpo_loss(model_err: torch.Tensor, ref_err: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
-                    beta: float, weighting: str = "uniform", rank_source: str = "labels") -> RankedDPOOutput:
+                    beta: float, weighting: str = "uniform", rank_source: str = "labels",
+                    positive_lambda: float = 0.0) -> RankedDPOOutput:
     """Ranked Diffusion-DPO over K images per prompt (RankDPO; LiPO-λ weights with ``dcg``).
 
     model_err, ref_err: [B, K] per-sample errors (:func:`per_sample_mse`) of the K images of each prompt
@@ -175,7 +176,9 @@ def ranked_dpo_loss(model_err: torch.Tensor, ref_err: torch.Tensor, labels: torc
     ``Σ_ij Δ_ij · -logsigmoid(logit_ij) / Σ_ij [ψ_i > ψ_j]`` with Δ from :func:`ranked_pair_weights`.
     ``rank_source='model'`` takes the DCG positions π from the current implicit scores (LiPO-λ) instead
     of the labels, ties broken by the labels (at step 0 every implicit score is 0, so π starts as the
-    label order). With K = 2 and labels (1, 0) this equals :func:`diffusion_dpo_loss`.
+    label order). ``positive_lambda`` > 0 subtracts DPO-Positive's ``0.5 * beta * positive_lambda *
+    relu(s_i)`` from every logit whose winner is i. With K = 2 and labels (1, 0) this equals
+    :func:`diffusion_dpo_loss` (with the same ``positive_lambda``).
     """
     if rank_source not in RANK_SOURCES:
         raise ValueError(f"rank source must be one of {RANK_SOURCES}, got {rank_source!r}")
@@ -187,6 +190,8 @@ def ranked_dpo_loss(model_err: torch.Tensor, ref_err: torch.Tensor, labels: torc
     positions = ranks(-implicit, mask, tie_break=labels) if rank_source == "model" else None
     weights = ranked_pair_weights(labels, mask, weighting, positions)
     logits = -0.5 * float(beta) * (implicit.unsqueeze(-1) - implicit.unsqueeze(-2))
+    if positive_lambda:
+        logits = logits - 0.5 * float(beta) * float(positive_lambda) * F.relu(implicit).unsqueeze(-1)
     ordered = weights > 0
     pair_count = ordered.sum(dim=(-1, -2))
     per_prompt = (weights * -F.logsigmoid(logits)).sum(dim=(-1, -2)) / pair_count.clamp(min=1)

@@ -80,21 +80,33 @@ def test_gain_loss_k4_and_masked_k3_prompts_hand_computed():
 
 @pytest.mark.parametrize("weighting", ["uniform", "gain", "dcg"])
 @pytest.mark.parametrize("rank_source", ["labels", "model"])
-def test_k2_with_binary_labels_is_diffusion_dpo(weighting, rank_source):
+@pytest.mark.parametrize("positive_lambda", [0.0, 5.0])
+def test_k2_with_binary_labels_is_diffusion_dpo(weighting, rank_source, positive_lambda):
     generator = torch.Generator().manual_seed(0)
-    err_w, err_l, ref_w, ref_l = (torch.rand(6, generator=generator) for _ in range(4))
+    err_w, err_l, ref_w, ref_l = (torch.rand(6, generator=generator) * 1e-3 + 0.1 for _ in range(4))
     err_w.requires_grad_(True)
     err_l.requires_grad_(True)
-    dpo = diffusion_dpo_loss(err_w, err_l, ref_w, ref_l, beta=5000.0)
+    dpo = diffusion_dpo_loss(err_w, err_l, ref_w, ref_l, beta=5000.0, positive_lambda=positive_lambda)
     dpo_grads = torch.autograd.grad(dpo.loss, (err_w, err_l))
     ranked = ranked_dpo_loss(torch.stack([err_w, err_l], 1), torch.stack([ref_w, ref_l], 1),
                              torch.tensor([[1.0, 0.0]]).repeat(6, 1), torch.ones(6, 2, dtype=torch.bool),
-                             beta=5000.0, weighting=weighting, rank_source=rank_source)
+                             beta=5000.0, weighting=weighting, rank_source=rank_source,
+                             positive_lambda=positive_lambda)
     ranked_grads = torch.autograd.grad(ranked.loss, (err_w, err_l))
     assert ranked.loss.item() == pytest.approx(dpo.loss.item(), rel=1e-6)
     for a, b in zip(ranked_grads, dpo_grads):
         torch.testing.assert_close(a, b)
     assert ranked.implicit_accuracy.item() == pytest.approx(dpo.implicit_accuracy.item())
+
+
+def test_positive_penalty_k3_hand_computed():
+    # s = (0.1, -0.2, 0.3), psi (0.5, 1, 0), beta 2, lambda 1: winners' logits lose relu(s_winner) = 0.1 for
+    # the pair (0, 2) and nothing where image 1 (s < 0) wins
+    ref = torch.tensor([[0.4, 0.5, 0.6]])
+    out = ranked_dpo_loss(ref + torch.tensor([[0.1, -0.2, 0.3]]), ref, torch.tensor([[0.5, 1.0, 0.0]]),
+                          torch.ones(1, 3, dtype=torch.bool), beta=2.0, positive_lambda=1.0)
+    expected = (softplus(-0.3) + softplus(-0.5) + softplus(-0.2 + 0.1)) / 3
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_tied_and_padded_images_get_no_gradient():

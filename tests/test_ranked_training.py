@@ -94,8 +94,6 @@ def test_cli_rank_dpo_trains_and_saves_a_lora(tmp_path, tiny_sd):
 def test_ranked_objective_needs_ranked_data(tmp_path, tiny_sd):
     with pytest.raises(ConfigError, match="needs data.format=ranked"):
         tiny_config(tmp_path, tiny_sd, "train.objective=rank")
-    with pytest.raises(ConfigError, match="does not support cache.enabled"):
-        tiny_config(tmp_path, tiny_sd, "train.objective=rank", "data.format=ranked", "cache.enabled=true")
 
 
 def test_script_entry_point_applies_its_fixed_overrides(tmp_path, tiny_sd):
@@ -108,3 +106,42 @@ def test_script_entry_point_applies_its_fixed_overrides(tmp_path, tiny_sd):
     final = train_from_command_line("Ranked DPO training", ["train.objective=rank", "data.format=ranked"], argv)
     assert final["step"] == 2
     assert "ranked" in json.loads((tmp_path / "run" / "conventions.json").read_text())
+
+
+def mixed_k_records(folder) -> str:
+    """Ranked records with K = 3 and K = 2 (padding in a batch) from the tiny pair set's images."""
+    rows = [json.loads(line) for line in TINY_PAIRS.read_text().splitlines() if line.strip()]
+    root, lines = TINY_PAIRS.parent, []
+    for index in range(0, 12, 2):
+        a, b = rows[index], rows[index + 1]
+        images = [str(root / a["image_0"]), str(root / a["image_1"]), str(root / b["image_0"])][:3 - index % 4 // 2]
+        lines.append(json.dumps({"prompt": a["caption"], "images": images, "scores": [1.0, 3.0, 2.0][:len(images)]}))
+    path = folder / "mixed.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("model", ["tiny_sd", "tiny_sdxl"])
+def test_ranked_training_from_cache_equals_training_from_images(tmp_path, model, request):
+    model_dir = request.getfixturevalue(model)
+    common = [f"data.path={mixed_k_records(tmp_path)}", "cache.dtype=float32", "cache.batch_size=2",
+              "cache.shard_size=4"]
+    from_images = DPOTrainer(ranked_config(tmp_path / "images", model_dir, *common))
+    from_images.setup()
+    from_cache = DPOTrainer(ranked_config(tmp_path / "cache", model_dir, *common, "cache.enabled=true"))
+    from_cache.setup()
+    manifest = json.loads((from_cache.dataset.folder / "manifest.json").read_text())
+    assert manifest["kind"] == "ranked" and manifest["num_items"] == 6 and from_cache.dataset[1]["latents"].shape[0] == 3
+    assert from_cache.dataset[1]["mask"].tolist() == [True, True, False]
+    a, b = (trainer.to_pair_batch(torch.utils.data.default_collate([trainer.dataset[i] for i in range(6)]))
+            for trainer in (from_images, from_cache))
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.labels, b.labels)
+    assert torch.equal(b.latents[~b.mask], torch.zeros_like(b.latents[~b.mask]))
+    assert torch.allclose(a.latents, b.latents, atol=1e-5)  # VAE batch composition only
+    assert (a.time_ids is None) == (model == "tiny_sd") and (a.time_ids is None or torch.equal(a.time_ids, b.time_ids))
+    for trainer in (from_images, from_cache):
+        perturb_lora(trainer)
+    image_loss, image_metrics = batch_loss(from_images, size=6)
+    cache_loss, cache_metrics = batch_loss(from_cache, size=6)
+    assert image_metrics["labelled_pairs"].item() == cache_metrics["labelled_pairs"].item() == 12  # 3 x 3 + 3 x 1
+    assert cache_loss.item() == pytest.approx(image_loss.item(), rel=1e-4)  # beta=5000 amplifies the 1e-7 differences

@@ -166,6 +166,10 @@ class RankedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def captions(self) -> list[str]:
+        """Every record's prompt, in item order."""
+        return [record.prompt for record in self.records]
+
     def __getitem__(self, index: int) -> dict:
         record, k = self.records[int(index)], self.records[int(index)].k
         images = [open_pair_image(path, "ranked records", int(index), f"images[{j}]")

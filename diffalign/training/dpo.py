@@ -162,7 +162,12 @@ class DPOTrainer:
             transform = PairTransform(config.data.resolution, config.data.center_crop, config.data.random_flip)
             dataset = RankedDataset(records, transform, seed=config.train.seed)
             labelled = sum(int(a > b) for labels in dataset.labels for a in labels for b in labels)
-            return {"records": len(records), "images": sum(r.k for r in records), "labelled_pairs": labelled}, dataset
+            stats = {"records": len(records), "images": sum(r.k for r in records), "labelled_pairs": labelled}
+            if config.cache.enabled:
+                from diffalign.data.cache import build_cache
+
+                dataset = build_cache(dataset, self.components, config, self.accelerator)
+            return stats, dataset
         dataset, stats = build_pair_dataset(config.data, seed=config.train.seed)
         stats = {k: v for k, v in vars(stats).items() if v is not None}
         if config.curriculum.stages:
@@ -254,14 +259,21 @@ class DPOTrainer:
         return PromptEmbeds(embeds, pooled)
 
     def to_group_batch(self, batch: dict) -> GroupBatch:
-        """Encode the valid images of ranked records (padding stays zero) and their captions."""
+        """Encode (or take from the cache) the valid images of ranked records (padding stays zero) and
+        their captions."""
         device = self.accelerator.device
         mask = batch["mask"].to(device)
-        pixels = batch["pixel_values"].to(device)
-        encoded = encode_images(self.components.vae, pixels[mask])
-        latents = encoded.new_zeros(*mask.shape, *encoded.shape[1:])
-        latents[mask] = encoded
-        cond = self._drop_prompts(encode_prompts(self.components, list(batch["caption"]), device), mask.shape[0])
+        if "latents" in batch:
+            latents = batch["latents"].to(device).float()
+            pooled = batch.get("pooled")
+            cond = PromptEmbeds(batch["prompt_embeds"].to(device, self.weight_dtype),
+                                None if pooled is None else pooled.to(device, self.weight_dtype))
+        else:
+            encoded = encode_images(self.components.vae, batch["pixel_values"].to(device)[mask])
+            latents = encoded.new_zeros(*mask.shape, *encoded.shape[1:])
+            latents[mask] = encoded
+            cond = encode_prompts(self.components, list(batch["caption"]), device)
+        cond = self._drop_prompts(cond, mask.shape[0])
         time_ids = batch["time_ids"].to(device, cond.prompt_embeds.dtype) if self.components.is_sdxl else None
         return GroupBatch(latents, batch["labels"].to(device), mask, cond, time_ids)
 
@@ -320,7 +332,7 @@ class DPOTrainer:
         with torch.no_grad(), self.reference.active() as reference:
             ref_err = errors(reference)
         out = ranked_dpo_loss(model_err, ref_err, batch.labels, batch.mask, config.train.beta,
-                              config.ranked.weighting, config.ranked.rank_source)
+                              config.ranked.weighting, config.ranked.rank_source, config.train.positive_lambda)
         implicit = (model_err - ref_err).detach()[batch.mask]
         return out.loss, {"loss": out.loss.detach(), "implicit_acc": out.implicit_accuracy,
                           "labelled_pairs": torch.tensor(float(out.pairs)), "implicit_score": implicit.mean(),
