@@ -201,3 +201,68 @@ def ranked_dpo_loss(model_err: torch.Tensor, ref_err: torch.Tensor, labels: torc
     accuracy = correct / weights.sum() if weights.sum() > 0 else torch.zeros(())
     return RankedDPOOutput(loss=loss, logits=logits.detach(), pair_weights=weights,
                            implicit_accuracy=accuracy.detach(), pairs=int(pair_count.sum()))
+
+
+# Trajectory and reward losses ------------------------------------------------------------------
+
+@dataclass
+class D3POOutput:
+    """D3PO loss (scalar, mean over pairs x steps), per-element ``logits`` [N] (detached), the clamped
+    log-ratios of winner and loser [N] (detached) and the fraction of clamped ratios."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    log_ratio_w: torch.Tensor
+    log_ratio_l: torch.Tensor
+    clamped_fraction: torch.Tensor
+
+
+def d3po_loss(logp_w: torch.Tensor, logp_l: torch.Tensor, ref_logp_w: torch.Tensor, ref_logp_l: torch.Tensor,
+              beta: float = 0.1, clip: float = 0.1) -> D3POOutput:
+    """D3PO's per-denoising-step DPO loss with a clamped importance-ratio trust region.
+
+    Inputs [N]: log-probs (:func:`diffalign.sampling.ddim_step_with_logprob`) of the same step of the
+    preferred (w) and the other (l) trajectory of a pair under the policy (with gradient) and the
+    reference. ``r = clamp(exp(logp - ref_logp), 1 - clip, 1 + clip)``,
+    ``loss = mean(-logsigmoid(beta * (log r_w - log r_l)))``; a ratio outside the trust region is
+    clamped and carries no gradient (as in the authors' code). D3PO: beta 0.1, clip 0.1.
+    """
+    if not 0 < clip < 1:
+        raise ValueError(f"clip must be in (0, 1), got {clip}")
+    shapes = {tuple(t.shape) for t in (logp_w, logp_l, ref_logp_w, ref_logp_l)}
+    if len(shapes) != 1:
+        raise ValueError(f"the four log-prob tensors must have one shape, got {sorted(shapes)}")
+    ratio_w = torch.exp(logp_w.float() - ref_logp_w.detach().float()).clamp(1 - clip, 1 + clip)
+    ratio_l = torch.exp(logp_l.float() - ref_logp_l.detach().float()).clamp(1 - clip, 1 + clip)
+    log_w, log_l = ratio_w.log(), ratio_l.log()
+    logits = float(beta) * (log_w - log_l)
+    clamped = ((ratio_w <= 1 - clip) | (ratio_w >= 1 + clip) | (ratio_l <= 1 - clip) | (ratio_l >= 1 + clip))
+    return D3POOutput(loss=-F.logsigmoid(logits).mean(), logits=logits.detach(), log_ratio_w=log_w.detach(),
+                      log_ratio_l=log_l.detach(), clamped_fraction=clamped.float().mean().detach())
+
+
+def pareto_preference(scores_a: torch.Tensor, scores_b: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """Preference of a over b by Pareto dominance over R rewards (higher is better): [N] long, 1 = a
+    dominates (every reward of a >= b's - ``margin`` and at least one > b's + ``margin``), -1 = b
+    dominates, 0 = tie or incomparable (such pairs carry no gradient). Inputs [N, R] (or [N] for R = 1)."""
+    a, b = scores_a.float(), scores_b.float()
+    if a.shape != b.shape:
+        raise ValueError(f"scores_a {tuple(a.shape)} and scores_b {tuple(b.shape)} differ in shape")
+    if a.dim() == 1:
+        a, b = a[:, None], b[:, None]
+    better, worse = a > b + margin, a < b - margin
+    a_wins = better.any(dim=1) & ~worse.any(dim=1)
+    b_wins = worse.any(dim=1) & ~better.any(dim=1)
+    return a_wins.long() - b_wins.long()
+
+
+def direct_reward_loss(rewards: torch.Tensor, kl: torch.Tensor | None = None, kl_weight: float = 0.0) -> torch.Tensor:
+    """DRaFT / AlignProp / ReFL objective: ``-mean(rewards) + kl_weight * mean(kl)``. ``rewards`` [B] from a
+    scorer's differentiable path (higher is better, the scorer's own scale); ``kl`` [B] the mean squared
+    difference of noise predictions against the reference over the gradient steps."""
+    loss = -rewards.float().mean()
+    if kl_weight:
+        if kl is None:
+            raise ValueError("kl_weight > 0 needs the kl term")
+        loss = loss + float(kl_weight) * kl.float().mean()
+    return loss

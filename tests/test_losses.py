@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from diffalign.losses import diffusion_dpo_loss, per_sample_mse, prediction_target, sft_loss
+from diffalign.losses import (d3po_loss, diffusion_dpo_loss, direct_reward_loss, pareto_preference, per_sample_mse,
+                              prediction_target, sft_loss)
 
 
 def test_per_sample_mse_is_mean_over_non_batch_elements():
@@ -102,3 +103,35 @@ def test_dpo_positive_gradient_pulls_a_degraded_winner_back():
         return err_w.grad.item()
 
     assert winner_grad(5.0) > winner_grad(0.0) > 0
+
+
+def test_d3po_loss_hand_computed_with_the_trust_region():
+    logp_w = torch.tensor([0.05, 0.5], requires_grad=True)
+    logp_l = torch.tensor([-0.02, 0.0], requires_grad=True)
+    zeros = torch.zeros(2)
+    out = d3po_loss(logp_w, logp_l, zeros, zeros, beta=2.0, clip=0.1)
+    # pair 0 inside the region: logit 2 * (0.05 + 0.02); pair 1: r_w = e^0.5 clamped to 1.1, r_l = 1
+    expected = (math.log1p(math.exp(-2 * 0.07)) + math.log1p(math.exp(-2 * math.log(1.1)))) / 2
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
+    assert out.clamped_fraction.item() == 0.5
+    out.loss.backward()
+    assert logp_w.grad[1] == 0 and logp_w.grad[0] != 0  # the clamped ratio carries no gradient
+    assert logp_l.grad[0] == pytest.approx(-logp_w.grad[0].item())
+    with pytest.raises(ValueError, match="clip must be in"):
+        d3po_loss(zeros, zeros, zeros, zeros, clip=1.5)
+
+
+def test_pareto_preference_masks_ties_and_incomparable_pairs():
+    a = torch.tensor([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0], [0.0, 3.0], [1.0, 2.0]])
+    b = torch.tensor([[0.5, 2.0], [1.0, 2.0], [1.5, 2.5], [1.0, 2.0], [1.05, 1.0]])
+    assert pareto_preference(a, b).tolist() == [1, 0, -1, 0, 0]
+    assert pareto_preference(a, b, margin=0.1).tolist() == [1, 0, -1, 0, 1]  # 1.0 vs 1.05 is a tie at margin 0.1
+    assert pareto_preference(torch.tensor([3.0, 1.0]), torch.tensor([2.0, 1.0])).tolist() == [1, 0]
+
+
+def test_direct_reward_loss():
+    rewards, kl = torch.tensor([1.0, 3.0]), torch.tensor([0.5, 1.5])
+    assert direct_reward_loss(rewards).item() == -2.0
+    assert direct_reward_loss(rewards, kl, kl_weight=0.1).item() == pytest.approx(-2.0 + 0.1)
+    with pytest.raises(ValueError, match="needs the kl term"):
+        direct_reward_loss(rewards, None, kl_weight=1.0)
