@@ -5,6 +5,7 @@
     diffalign train sft --config FILE [key=value ...]      SFT on preferred images (baseline)
     diffalign train rank-dpo --config FILE [key=value ...] ranked DPO on K images per prompt (RankDPO, LiPO-λ)
     diffalign train curriculum-dpo --config FILE curriculum.stages=S [...]  DPO on pairs from easy to hard
+    diffalign train draft --config FILE [reward.method=draft|draft-k|draft-lv|alignprop|refl ...]  reward backprop
     diffalign cache --config FILE [key=value ...]          only build the latent/text cache
     diffalign config show --config FILE [key=value ...]    print the resolved, validated config
     diffalign config reference                             every option with its default and help
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("overrides", nargs="*", help="key=value overrides of assets/configs/shapes-dpo.yaml, e.g. train.beta=1000")
 
     train = commands.add_parser("train", help="train a model")
-    train.add_argument("method", choices=["dpo", "sft", "rank-dpo", "curriculum-dpo"])
+    train.add_argument("method", choices=["dpo", "sft", "rank-dpo", "curriculum-dpo", "draft"])
     for sub in (train, commands.add_parser("cache", help="build the latent/text-embedding cache only")):
         sub.add_argument("--config", required=True, help="YAML config (see assets/configs/)")
         sub.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.beta=2500")
@@ -388,6 +389,14 @@ def _run(args) -> int:
                                 **({"model": args.model} if args.model else {}),
                                 **({"margin": args.margin} if args.margin is not None else {}))
         run_demo(args.out, settings, args.overrides)
+    elif args.command == "train" and args.method == "draft":
+        from accelerate import PartialState
+
+        from diffalign.config import RewardRunConfig
+        from diffalign.training.reward import train_reward
+
+        train_reward(load_config(args.config, list(args.overrides), cls=RewardRunConfig,
+                                 num_processes=PartialState().num_processes))
     elif args.command == "train":
         from diffalign.training import train_dpo
 
@@ -406,8 +415,13 @@ def _run(args) -> int:
     elif args.command == "config" and args.action == "show":
         print(yaml.safe_dump(to_dict(_config_from_args(args)), sort_keys=False))
     elif args.command == "config":
-        print("| key | type | default | description |\n| --- | --- | --- | --- |")
+        from diffalign.config import RewardRunConfig
+
+        header = "| key | type | default | description |\n| --- | --- | --- | --- |"
+        print(f"## Preference runs (`train dpo`, `sft`, `rank-dpo`, `curriculum-dpo`)\n\n{header}")
         print("\n".join(reference_text()))
+        print(f"\n## Direct reward runs (`train draft`)\n\n{header}")
+        print("\n".join(reference_text(RewardRunConfig)))
     elif args.command == "tiny-model":
         from diffalign.tiny import build_random_pipeline, pipeline_config_dir
 

@@ -92,20 +92,11 @@ class CacheConfig:
 
 
 @dataclass
-class TrainConfig:
-    objective: str = _opt("dpo", "dpo = Diffusion-DPO; sft = supervised fine-tuning on winners only; rank = ranked "
-                                 "DPO over K images per prompt (data.format=ranked).", ("dpo", "sft", "rank"))
-    beta: float = _opt(5000.0, "DPO beta, authors' convention (mean over latent elements, -0.5*beta).")
-    positive_lambda: float = _opt(0.0, "DPO-Positive penalty: logit -= 0.5*beta*lambda*relu(err_w - ref_err_w) "
-                                       "(0 = Diffusion-DPO); keeps the winners' error from growing.")
-    min_timestep: int = _opt(0, "Training timesteps are uniform over [min_timestep, T); > 0 trains only the noisier "
-                                "steps, where layout and composition are decided (0 = the paper's uniform range).")
-    batch_size: int = _opt(1, "Pairs per device per micro-step.")
-    gradient_accumulation_steps: int = _opt(1, "Micro-steps per optimizer step (ignored if total_batch_size is set).")
-    total_batch_size: int | None = _opt(None, "Pairs per optimizer step over all devices; derives gradient accumulation.")
+class OptimizerConfig:
+    """Optimizer, schedule and seed: shared by every trainer's ``train`` section."""
+
     max_steps: int = _opt(2000, "Optimizer steps.")
     learning_rate: float = _opt(1e-5, "Peak learning rate (before scale_lr).")
-    scale_lr: bool = _opt(False, "Multiply learning_rate by the total batch size (paper: 1e-8 x 2048).")
     lr_scheduler: str = _opt("constant_with_warmup", "diffusers lr schedule.",
                              ("constant", "constant_with_warmup", "linear", "cosine"))
     warmup_steps: int = _opt(0, "Linear warmup steps.")
@@ -117,6 +108,21 @@ class TrainConfig:
     weight_decay: float = _opt(1e-2, "Weight decay.")
     max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 = off).")
     seed: int = _opt(0, "Seed for initialisation, data order, noise and timesteps.")
+
+
+@dataclass
+class TrainConfig(OptimizerConfig):
+    objective: str = _opt("dpo", "dpo = Diffusion-DPO; sft = supervised fine-tuning on winners only; rank = ranked "
+                                 "DPO over K images per prompt (data.format=ranked).", ("dpo", "sft", "rank"))
+    beta: float = _opt(5000.0, "DPO beta, authors' convention (mean over latent elements, -0.5*beta).")
+    positive_lambda: float = _opt(0.0, "DPO-Positive penalty: logit -= 0.5*beta*lambda*relu(err_w - ref_err_w) "
+                                       "(0 = Diffusion-DPO); keeps the winners' error from growing.")
+    min_timestep: int = _opt(0, "Training timesteps are uniform over [min_timestep, T); > 0 trains only the noisier "
+                                "steps, where layout and composition are decided (0 = the paper's uniform range).")
+    batch_size: int = _opt(1, "Pairs per device per micro-step.")
+    gradient_accumulation_steps: int = _opt(1, "Micro-steps per optimizer step (ignored if total_batch_size is set).")
+    total_batch_size: int | None = _opt(None, "Pairs per optimizer step over all devices; derives gradient accumulation.")
+    scale_lr: bool = _opt(False, "Multiply learning_rate by the total batch size (paper: 1e-8 x 2048).")
 
 
 @dataclass
@@ -239,6 +245,92 @@ class DPORunConfig:
                 f"train.total_batch_size={total} is not divisible by train.batch_size x processes = "
                 f"{self.train.batch_size} x {num_processes} = {per_micro_step}.")
         return total // per_micro_step
+
+
+
+# Direct reward fine-tuning (DRaFT, DRaFT-K, DRaFT-LV, AlignProp, ReFL) ---------------------------------
+
+@dataclass
+class PromptsConfig:
+    train: str = _opt("", "Training prompt set spec, as for `diffalign eval generate` (a built-in name, jsonl:FILE, "
+                          "parti:FILE, ...).")
+    held_out: str = _opt("", "Fixed held-out prompt set scored during training to catch reward hacking ('' = none).")
+    held_out_limit: int | None = _opt(16, "Use the first N held-out prompts (None = all).")
+    held_out_seed: int = _opt(1000, "Seed of the held-out images (the same noise at every evaluation).")
+
+
+@dataclass
+class SamplingConfig:
+    num_inference_steps: int = _opt(20, "DDIM steps of each training sample.")
+    guidance_scale: float = _opt(5.0, "Classifier-free guidance (both halves in one UNet call).")
+    eta: float = _opt(0.0, "DDIM eta (0 = deterministic DDIM, as DRaFT).")
+    height: int | None = _opt(None, "Image height in pixels (None = the UNet's native size).")
+    width: int | None = _opt(None, "Image width in pixels (None = the UNet's native size).")
+
+
+@dataclass
+class RewardConfig:
+    method: str = _opt("draft-k", "draft: gradient through every step; draft-k: the last k; draft-lv: the last step "
+                                  "plus lv_copies re-noised copies; alignprop: the last k' ~ U{1..k} per sample; "
+                                  "refl: stop at a random late step and decode its predicted x0.",
+                       ("draft", "draft-k", "draft-lv", "alignprop", "refl"))
+    k: int = _opt(1, "draft-k: gradient steps; alignprop: the largest truncation.")
+    lv_copies: int = _opt(2, "draft-lv: re-noised copies of the final latent, each denoised with gradient.")
+    refl_steps: list[int] = _opt([], "refl: [first, last] step index (0-based) of the random stop step; [] = the "
+                                     "last quarter of the steps.")
+    scorer: str = _opt("pickscore", "Reward scorer spec (differentiable path; higher is better, the scorer's scale).")
+    kl_weight: float = _opt(0.0, "Weight of the KL regulariser: mean squared difference of guided noise predictions "
+                                 "against the reference over the gradient steps.")
+    aux_scorers: list[str] = _opt([], "Scorers logged on the samples and held-out prompts but not trained on.")
+
+
+@dataclass
+class RewardTrainConfig(OptimizerConfig):
+    batch_size: int = _opt(1, "Prompts (one sample each) per device per micro-step.")
+    gradient_accumulation_steps: int = _opt(1, "Micro-steps per optimizer step.")
+    evaluate_every: int = _opt(0, "Score the held-out prompts every N optimizer steps (0 = at the start and end only).")
+
+
+@dataclass
+class RewardRunConfig:
+    """A direct reward fine-tuning run (DRaFT family, AlignProp, ReFL)."""
+
+    output_dir: str = _opt("outputs/draft", "Where checkpoints, the final weights, logs and the model card go.")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    train: RewardTrainConfig = field(default_factory=RewardTrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self, num_processes: int = 1) -> None:
+        """Cross-field checks; raises ConfigError. Called by :func:`load_config`."""
+        if not self.model.pretrained:
+            raise ConfigError("model.pretrained is required: a Hub id or a local diffusers pipeline folder.")
+        if not self.prompts.train:
+            raise ConfigError("prompts.train is required: a prompt set spec such as jsonl:prompts.jsonl.")
+        positive = {"train.batch_size": self.train.batch_size, "train.max_steps": self.train.max_steps,
+                    "train.gradient_accumulation_steps": self.train.gradient_accumulation_steps,
+                    "sampling.num_inference_steps": self.sampling.num_inference_steps, "reward.k": self.reward.k,
+                    "lora.rank": self.lora.rank, "checkpoint.keep_last": self.checkpoint.keep_last,
+                    "logging.every": self.logging.every}
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{key} must be > 0, got {value}.")
+        non_negative = {"sampling.eta": self.sampling.eta, "reward.kl_weight": self.reward.kl_weight,
+                        "reward.lv_copies": self.reward.lv_copies, "train.learning_rate": self.train.learning_rate,
+                        "checkpoint.every": self.checkpoint.every, "train.evaluate_every": self.train.evaluate_every}
+        for key, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"{key} must be >= 0, got {value}.")
+        steps = self.sampling.num_inference_steps
+        if self.reward.method in ("draft-k", "alignprop") and self.reward.k > steps:
+            raise ConfigError(f"reward.k={self.reward.k} exceeds sampling.num_inference_steps={steps}.")
+        refl = self.reward.refl_steps
+        if refl and (len(refl) != 2 or not 0 <= refl[0] <= refl[1] < steps):
+            raise ConfigError(f"reward.refl_steps must be [first, last] with 0 <= first <= last < {steps}, got {refl}.")
 
 
 def type_name(hint: Any) -> str:

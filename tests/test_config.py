@@ -17,6 +17,14 @@ def test_shipped_configs_load_and_validate(name):
     assert isinstance(config.train.beta, float)
 
 
+@pytest.mark.parametrize("name", ["tiny-draft", "sd15-draft", "sdxl-draft"])
+def test_shipped_reward_configs_load_and_validate(name):
+    from diffalign.config import RewardRunConfig
+
+    config = load_config(asset("configs", f"{name}.yaml"), cls=RewardRunConfig)
+    assert config.reward.method == "draft-k" and config.sampling.eta == 0.0
+
+
 def test_paper_config_derives_accumulation_and_lr():
     config = load_config(asset("configs", "sdxl-dpo-full.yaml"))
     assert config.gradient_accumulation(num_processes=16) == 128
@@ -98,5 +106,8 @@ def test_configuration_doc_is_in_sync_with_the_dataclasses():
     from diffalign.cli import reference_text
     from diffalign.paths import ASSETS
 
+    from diffalign.config import RewardRunConfig
+
     doc = (ASSETS.parent / "docs" / "configuration.md").read_text()
-    assert "\n".join(reference_text()) in doc, "regenerate docs/configuration.md with `diffalign config reference`"
+    for cls in (DPORunConfig, RewardRunConfig):
+        assert "\n".join(reference_text(cls)) in doc, "regenerate docs/configuration.md with `diffalign config reference`"

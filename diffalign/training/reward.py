@@ -1,0 +1,358 @@
+"""Direct reward fine-tuning on accelerate: DRaFT, DRaFT-K, DRaFT-LV, AlignProp and ReFL as one loop.
+
+One micro-step: a batch of training prompts, x_T from a generator seeded by (seed, process,
+position), DDIM sampling through the accelerate-prepared UNet with gradient only inside the
+method's window (:func:`diffalign.sampling.gradient_window`; each gradient step checkpointed when
+``model.gradient_checkpointing``), VAE decode with gradient into [0, 1] images, the reward scorer's
+differentiable path, and ``-mean(reward) + kl_weight * mean(kl)``. The methods differ only in the
+window (and DRaFT-LV's re-noised copies of the final latent). Held-out prompts with fixed seeds are
+scored by the reward and the auxiliary scorers at the start, every ``train.evaluate_every`` steps
+and at the end, to show reward hacking.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from diffalign.config import ConfigError, RewardRunConfig, to_dict
+from diffalign.losses import direct_reward_loss
+from diffalign.models import (DTYPES, Reference, add_lora, freeze_and_cast, load_components, resolve_attention_backend,
+                              set_attention_backend)
+from diffalign.sampling import (Conditioning, GradientWindow, ddim_step, decode_latents, gradient_window,
+                                guided_prediction, sample_with_gradient_window)
+from diffalign.training.checkpoint import CheckpointManager, register_trainable_hooks
+from diffalign.training.optim import build_lr_scheduler, build_optimizer
+from diffalign.training.outputs import save_final_weights
+from diffalign.training.sampler import ResumableBatchSampler
+
+logger = logging.getLogger(__name__)
+
+
+def reward_conventions(config: RewardRunConfig) -> dict[str, str]:
+    """The numeric conventions of a reward run, logged at start and written into summary.json."""
+    reward = config.reward
+    return {
+        "objective": f"-mean(reward) + {reward.kl_weight} * mean(kl); reward = {reward.scorer} on its own scale, "
+                     "higher is better",
+        "images": "VAE decode / 2 + 0.5, clamped to [0, 1], into the scorer's differentiable (tensor) path once",
+        "window": {"draft": "gradient through every sampling step",
+                   "draft-k": f"gradient through the last {reward.k} steps",
+                   "draft-lv": f"gradient through the last step and {reward.lv_copies} re-noised copies of the "
+                               "detached final latent (rewards averaged)",
+                   "alignprop": f"gradient through the last k' ~ U{{1..{reward.k}}} steps, drawn per sample",
+                   "refl": "no gradient up to a random late step, one gradient step there, its predicted x0 "
+                           "decoded"}[reward.method],
+        "kl": "mean over a sample's gradient steps of the mean squared difference (over C, H, W) of guided noise "
+              "predictions, policy vs reference (base model)",
+        "sampling": f"DDIM {config.sampling.num_inference_steps} steps, eta {config.sampling.eta}, CFG "
+                    f"{config.sampling.guidance_scale} batched into one UNet call",
+    }
+
+
+def build_trajectory_pipeline(components, source: str):
+    """A diffalign pipeline (SD or SDXL) around loaded components, with the model's DDIM scheduler."""
+    from diffusers import DDIMScheduler
+
+    from diffalign.pipelines import DiffAlignStableDiffusionPipeline, DiffAlignStableDiffusionXLPipeline
+
+    scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler")
+    encoders, tokenizers = components.text_encoders, components.tokenizers
+    if components.is_sdxl:
+        pipeline = DiffAlignStableDiffusionXLPipeline(
+            vae=components.vae, text_encoder=encoders[0], text_encoder_2=encoders[1], tokenizer=tokenizers[0],
+            tokenizer_2=tokenizers[1], unet=components.unet, scheduler=scheduler)
+    else:
+        pipeline = DiffAlignStableDiffusionPipeline(
+            vae=components.vae, text_encoder=encoders[0], tokenizer=tokenizers[0], unet=components.unet,
+            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+class RewardTrainer:
+    """Composes components, prompts, the reward scorer, the gradient window and checkpoints."""
+
+    def __init__(self, config: RewardRunConfig):
+        self.config = config
+        tracker = None if config.logging.tracker == "none" else config.logging.tracker
+        self.accelerator = Accelerator(
+            mixed_precision="no" if config.model.mixed_precision == "fp32" else config.model.mixed_precision,
+            log_with=tracker, gradient_accumulation_steps=config.train.gradient_accumulation_steps,
+            project_config=ProjectConfiguration(project_dir=config.output_dir,
+                                                logging_dir=str(Path(config.output_dir) / "logs")))
+        self.checkpoints = CheckpointManager(config.output_dir, config.checkpoint.keep_last)
+        self.global_step = 0
+        self.history: list[dict] = []
+
+    def setup(self, components=None) -> None:
+        """Load components, pipeline, prompts and scorers; add LoRA; prepare; resume if asked."""
+        from diffalign.evaluation.prompts import load_prompt_set
+        from diffalign.scorers import get_scorer
+
+        config, accelerator = self.config, self.accelerator
+        device = accelerator.device
+        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+        set_seed(config.train.seed)
+        self.weight_dtype = DTYPES[config.model.mixed_precision]
+        vae_dtype = self.weight_dtype if config.model.vae_dtype == "weight" else DTYPES[config.model.vae_dtype]
+        components = components if components is not None else load_components(config.model)
+        freeze_and_cast(components, self.weight_dtype, vae_dtype)
+        self.components = components
+        self.attention = resolve_attention_backend(config.model.attention, device)
+        set_attention_backend(components.unet, self.attention)
+        unet = components.unet
+        if config.model.gradient_checkpointing:
+            components.vae.enable_gradient_checkpointing()
+        if config.lora.enabled:
+            params = add_lora(unet, config.lora)
+        else:
+            unet.requires_grad_(True)
+            params = list(unet.parameters())
+        self.trainable_params = params
+        self.reference = Reference(unet, use_lora=config.lora.enabled, weight_dtype=self.weight_dtype)
+        self.pipeline = build_trajectory_pipeline(components, config.model.pretrained)
+        self.prompts = load_prompt_set(config.prompts.train)
+        self.held_out = (load_prompt_set(config.prompts.held_out).subset(config.prompts.held_out_limit)
+                         if config.prompts.held_out else None)
+        self.scorer = get_scorer(config.reward.scorer, device=device)
+        if not self.scorer.differentiable:
+            raise ConfigError(f"reward.scorer={config.reward.scorer} has no differentiable path; direct reward "
+                              "fine-tuning needs one (e.g. pickscore, hpsv2.1, aesthetic, clipscore)")
+        self.aux_scorers = {spec: get_scorer(spec, device=device) for spec in config.reward.aux_scorers}
+        optimizer = build_optimizer(config.train, params, config.train.learning_rate)
+        lr_scheduler = build_lr_scheduler(config.train, optimizer, accelerator.num_processes)
+        self.unet, self.optimizer, self.lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+        register_trainable_hooks(accelerator, lambda: accelerator.unwrap_model(self.unet))
+        for module in [*components.text_encoders, components.vae]:
+            module.to(device)
+        if not config.lora.enabled:
+            self.reference.unet.to(device)
+        self._resume()
+
+    def _resume(self) -> None:
+        path = self.checkpoints.resolve(self.config.checkpoint.resume_from)
+        if path is None:
+            return
+        self.accelerator.load_state(str(path))
+        self.global_step = self.checkpoints.read_state(path)["global_step"]
+        metrics = Path(self.config.output_dir) / "metrics.jsonl"
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+        self.history = [row for row in rows if row["step"] <= self.global_step]
+        logger.info("resumed from %s at step %d", path, self.global_step)
+
+    def _generator(self, position: int, salt: int) -> torch.Generator:
+        """A CPU generator fixed by (seed, process, micro-step position, purpose): a resumed run draws the same."""
+        seed = ((self.config.train.seed * 1_000_003 + self.accelerator.process_index) * 1_000_003 + position) * 7 + salt
+        return torch.Generator().manual_seed(seed % (2 ** 63))
+
+    def _window(self, batch: int, position: int) -> GradientWindow:
+        reward, steps = self.config.reward, self.config.sampling.num_inference_steps
+        refl = tuple(reward.refl_steps) if reward.refl_steps else None
+        return gradient_window(reward.method, steps, batch, reward.k, self._generator(position, 1), refl)
+
+    def _size(self) -> tuple[int, int]:
+        return self.pipeline._size(self.config.sampling.height, self.config.sampling.width)
+
+    def _renoised_copies(self, final: torch.Tensor, cond: Conditioning, position: int) -> list[torch.Tensor]:
+        """DRaFT-LV: the detached final latent re-noised to the last step's noise level, denoised with gradient."""
+        scheduler, sampling = self.pipeline.scheduler, self.config.sampling
+        last = scheduler.timesteps[-1]
+        generator = self._generator(position, 2)
+        copies = []
+        for _ in range(self.config.reward.lv_copies):
+            noise = torch.randn(final.shape, generator=generator).to(final.device)
+            noisy = scheduler.add_noise(final.detach(), noise, last.reshape(1))
+            output = guided_prediction(self.unet, noisy, last, cond, sampling.guidance_scale, scheduler)
+            copies.append(ddim_step(scheduler, output, last, noisy, eta=0.0)[0])
+        return copies
+
+    def micro_step(self, prompts: list[str], position: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss and detached metrics of one batch of prompts at micro-step ``position``."""
+        config, pipeline = self.config, self.pipeline
+        sampling, reward = config.sampling, config.reward
+        height, width = self._size()
+        cond = pipeline.conditioning(prompts, None, sampling.guidance_scale, height, width)
+        pipeline.scheduler.set_timesteps(sampling.num_inference_steps, device=self.accelerator.device)
+        x_T = pipeline.initial_latents(len(prompts), height, width, self._generator(position, 0),
+                                       cond.prompt_embeds.dtype)
+        window = self._window(len(prompts), position)
+        with self.accelerator.autocast():
+            sample = sample_with_gradient_window(
+                self.unet, pipeline.scheduler, x_T, cond, sampling.guidance_scale, window, sampling.eta,
+                self._generator(position, 3), config.model.gradient_checkpointing,
+                self.reference.active if reward.kl_weight else None, return_predicted_x0=reward.method == "refl")
+            latents = [sample.latents]
+            if reward.method == "draft-lv":
+                latents += self._renoised_copies(sample.latents, cond, position)
+            rewards = torch.stack([self.scorer(decode_latents(pipeline.vae, x), prompts, path="tensor")
+                                   for x in latents]).mean(dim=0)
+        loss = direct_reward_loss(rewards, sample.kl, reward.kl_weight)
+        metrics = {"loss": loss.detach(), "reward": rewards.detach().mean(), "kl": sample.kl.detach().mean(),
+                   "gradient_steps": window.mask.float().sum(dim=1).mean()}
+        if self.aux_scorers:
+            with torch.no_grad():
+                images = decode_latents(pipeline.vae, sample.latents.detach())
+                for spec, scorer in self.aux_scorers.items():
+                    metrics[f"aux/{spec}"] = scorer(images, prompts, path="auto").mean()
+        return loss, metrics
+
+    def _prompt_batches(self):
+        config, accelerator = self.config, self.accelerator
+        sampler = ResumableBatchSampler(len(self.prompts), config.train.batch_size, config.train.seed,
+                                        accelerator.process_index, accelerator.num_processes,
+                                        start=self.global_step * config.train.gradient_accumulation_steps)
+        position = self.global_step * config.train.gradient_accumulation_steps
+        for batch in sampler:
+            yield position, [self.prompts.records[index].text for index, _ in batch]
+            position += 1
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean reward and auxiliary scores of the held-out prompts with fixed seeds (official PIL path)."""
+        if self.held_out is None:
+            return {}
+        config, pipeline = self.config, self.pipeline
+        sampling, height_width = config.sampling, self._size()
+        texts = [record.text for record in self.held_out.records]
+        totals: dict[str, float] = {}
+        unet = self.accelerator.unwrap_model(self.unet)
+        for start in range(0, len(texts), config.train.batch_size):
+            chunk = texts[start:start + config.train.batch_size]
+            cond = pipeline.conditioning(chunk, None, sampling.guidance_scale, *height_width)
+            pipeline.scheduler.set_timesteps(sampling.num_inference_steps, device=self.accelerator.device)
+            generators = [torch.Generator().manual_seed(config.prompts.held_out_seed + start + i)
+                          for i in range(len(chunk))]
+            x_T = pipeline.initial_latents(len(chunk), *height_width, generators, cond.prompt_embeds.dtype)
+            none = GradientWindow(torch.zeros(len(chunk), sampling.num_inference_steps, dtype=torch.bool),
+                                  sampling.num_inference_steps - 1)
+            with self.accelerator.autocast():
+                latents = sample_with_gradient_window(unet, pipeline.scheduler, x_T, cond, sampling.guidance_scale,
+                                                      none, sampling.eta, torch.Generator().manual_seed(0)).latents
+            images = decode_latents(pipeline.vae, latents)
+            for name, scorer in {config.reward.scorer: self.scorer, **self.aux_scorers}.items():
+                totals[f"eval/{name}"] = totals.get(f"eval/{name}", 0.0) + scorer(images, chunk, path="pil").sum().item()
+        return {key: value / len(texts) for key, value in totals.items()}
+
+    def train(self) -> dict:
+        """Run to ``train.max_steps``; save the final weights and summary; returns the final metrics."""
+        config, accelerator = self.config, self.accelerator
+        if accelerator.is_main_process:
+            (Path(config.output_dir) / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+            (Path(config.output_dir) / "conventions.json").write_text(json.dumps(reward_conventions(config), indent=2))
+        if accelerator.log_with:
+            accelerator.init_trackers(config.logging.project)
+        accelerator.print(self.describe())
+        if self.global_step == 0:
+            self._log_eval(self.evaluate())
+        self.run_steps()
+        if not config.checkpoint.every or self.global_step % config.checkpoint.every:
+            self._save_checkpoint()
+        final = dict(self.history[-1]) if self.history else {}
+        evaluation = self.evaluate()
+        self._log_eval(evaluation)
+        final.update(evaluation)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            final["weights"] = str(save_final_weights(self.components, accelerator.unwrap_model(self.unet), config))
+            (Path(config.output_dir) / "summary.json").write_text(json.dumps(
+                {"final": final, "attention": self.attention, "conventions": reward_conventions(config)}, indent=2))
+        accelerator.end_training()
+        return final
+
+    def run_steps(self) -> None:
+        """The optimisation loop from the current step to ``train.max_steps``."""
+        config, accelerator = self.config, self.accelerator
+        batches = self._prompt_batches()
+        progress = tqdm(range(config.train.max_steps), initial=self.global_step, desc=f"{config.reward.method} steps",
+                        disable=not accelerator.is_local_main_process)
+        window: list[dict[str, torch.Tensor]] = []
+        start = time.perf_counter()
+        while self.global_step < config.train.max_steps:
+            for _ in range(config.train.gradient_accumulation_steps):
+                position, prompts = next(batches)
+                with accelerator.accumulate(self.unet):
+                    loss, metrics = self.micro_step(prompts, position)
+                    if not torch.isfinite(loss.detach()):
+                        raise RuntimeError(f"non-finite loss {loss.item()} at step {self.global_step + 1}; the last "
+                                           "checkpoint is intact (lower train.learning_rate, or keep the VAE in fp32)")
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        max_norm = config.train.max_grad_norm if config.train.max_grad_norm > 0 else math.inf
+                        norm = accelerator.clip_grad_norm_(self.trainable_params, max_norm)
+                        metrics["grad_norm"] = torch.as_tensor(norm if norm is not None else float("nan")).float()
+                    self.optimizer.step()
+                    self.lr_scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                window.append(metrics)
+            self.global_step += 1
+            progress.update(1)
+            if self.global_step % config.logging.every == 0 or self.global_step == config.train.max_steps:
+                row = self._log(window, time.perf_counter() - start)
+                progress.set_postfix(reward=f"{row['reward']:.4f}")
+            window, start = [], time.perf_counter()
+            if config.checkpoint.every and self.global_step % config.checkpoint.every == 0:
+                self._save_checkpoint()
+            if config.train.evaluate_every and self.global_step % config.train.evaluate_every == 0 \
+                    and self.global_step < config.train.max_steps:
+                self._log_eval(self.evaluate())
+        progress.close()
+
+    def _save_checkpoint(self) -> Path:
+        self.accelerator.step = self.global_step * self.config.train.gradient_accumulation_steps
+        return self.checkpoints.save(self.accelerator, self.global_step, {})
+
+    def _log(self, window: list[dict[str, torch.Tensor]], elapsed: float) -> dict:
+        accelerator = self.accelerator
+        row: dict = {"step": self.global_step}
+        for key in sorted({k for m in window for k in m}):
+            value = torch.stack([m[key].float() for m in window if key in m]).mean()
+            row[key] = accelerator.reduce(value.to(accelerator.device), reduction="mean").item()
+        row["lr"] = self.lr_scheduler.get_last_lr()[0]
+        samples = self.config.train.batch_size * self.config.train.gradient_accumulation_steps * accelerator.num_processes
+        row["samples_per_s"] = samples / max(elapsed, 1e-9)
+        if torch.cuda.is_available():
+            row["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+        self._write(row)
+        return row
+
+    def _log_eval(self, evaluation: dict[str, float]) -> None:
+        if evaluation:
+            self._write({"step": self.global_step, **evaluation})
+
+    def _write(self, row: dict) -> None:
+        self.history.append(row)
+        if self.accelerator.is_main_process:
+            with (Path(self.config.output_dir) / "metrics.jsonl").open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+        if self.accelerator.log_with:
+            self.accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=self.global_step)
+
+    def describe(self) -> str:
+        config = self.config
+        lines = [f"diffalign {config.reward.method.upper()} on {config.model.pretrained} "
+                 f"({'SDXL' if self.components.is_sdxl else 'SD'}), "
+                 f"{'LoRA r=' + str(config.lora.rank) if config.lora.enabled else 'full fine-tune'}, "
+                 f"reward {config.reward.scorer}",
+                 f"  prompts: {config.prompts.train} ({len(self.prompts)}); held out: "
+                 f"{config.prompts.held_out or 'none'}; {config.train.max_steps} steps; attention {self.attention}",
+                 "  conventions: " + "; ".join(f"{k}: {v}" for k, v in reward_conventions(config).items())]
+        if self.global_step:
+            lines.append(f"  resuming at step {self.global_step}")
+        return "\n".join(lines)
+
+
+def train_reward(config: RewardRunConfig) -> dict:
+    """Build a :class:`RewardTrainer`, set it up and train; returns the final metrics."""
+    trainer = RewardTrainer(config)
+    trainer.setup()
+    return trainer.train()
