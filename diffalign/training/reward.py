@@ -19,19 +19,14 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
-from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from diffalign.config import ConfigError, RewardRunConfig, to_dict
+from diffalign.config import ConfigError, RewardRunConfig
 from diffalign.losses import direct_reward_loss
-from diffalign.models import (DTYPES, Reference, add_lora, freeze_and_cast, load_components, resolve_attention_backend,
-                              set_attention_backend)
 from diffalign.sampling import (Conditioning, GradientWindow, ddim_step, decode_latents, gradient_window,
                                 guided_prediction, sample_with_gradient_window)
-from diffalign.training.checkpoint import CheckpointManager, register_trainable_hooks
-from diffalign.training.optim import build_lr_scheduler, build_optimizer
+from diffalign.training.online import (MetricsLog, checkpoint_manager, evaluate_held_out, make_accelerator,
+                                       prepare_policy, write_run_files)
 from diffalign.training.outputs import save_final_weights
 from diffalign.training.sampler import ResumableBatchSampler
 
@@ -59,68 +54,27 @@ def reward_conventions(config: RewardRunConfig) -> dict[str, str]:
     }
 
 
-def build_trajectory_pipeline(components, source: str):
-    """A diffalign pipeline (SD or SDXL) around loaded components, with the model's DDIM scheduler."""
-    from diffusers import DDIMScheduler
-
-    from diffalign.pipelines import DiffAlignStableDiffusionPipeline, DiffAlignStableDiffusionXLPipeline
-
-    scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler")
-    encoders, tokenizers = components.text_encoders, components.tokenizers
-    if components.is_sdxl:
-        pipeline = DiffAlignStableDiffusionXLPipeline(
-            vae=components.vae, text_encoder=encoders[0], text_encoder_2=encoders[1], tokenizer=tokenizers[0],
-            tokenizer_2=tokenizers[1], unet=components.unet, scheduler=scheduler)
-    else:
-        pipeline = DiffAlignStableDiffusionPipeline(
-            vae=components.vae, text_encoder=encoders[0], tokenizer=tokenizers[0], unet=components.unet,
-            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
 class RewardTrainer:
     """Composes components, prompts, the reward scorer, the gradient window and checkpoints."""
 
     def __init__(self, config: RewardRunConfig):
         self.config = config
-        tracker = None if config.logging.tracker == "none" else config.logging.tracker
-        self.accelerator = Accelerator(
-            mixed_precision="no" if config.model.mixed_precision == "fp32" else config.model.mixed_precision,
-            log_with=tracker, gradient_accumulation_steps=config.train.gradient_accumulation_steps,
-            project_config=ProjectConfiguration(project_dir=config.output_dir,
-                                                logging_dir=str(Path(config.output_dir) / "logs")))
-        self.checkpoints = CheckpointManager(config.output_dir, config.checkpoint.keep_last)
+        self.accelerator = make_accelerator(config, config.train.gradient_accumulation_steps)
+        self.checkpoints = checkpoint_manager(config)
+        self.log = MetricsLog(self.accelerator, config.output_dir)
         self.global_step = 0
-        self.history: list[dict] = []
+
+    @property
+    def history(self) -> list[dict]:
+        return self.log.rows
 
     def setup(self, components=None) -> None:
         """Load components, pipeline, prompts and scorers; add LoRA; prepare; resume if asked."""
         from diffalign.evaluation.prompts import load_prompt_set
         from diffalign.scorers import get_scorer
 
-        config, accelerator = self.config, self.accelerator
-        device = accelerator.device
+        config, device = self.config, self.accelerator.device
         Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-        set_seed(config.train.seed)
-        self.weight_dtype = DTYPES[config.model.mixed_precision]
-        vae_dtype = self.weight_dtype if config.model.vae_dtype == "weight" else DTYPES[config.model.vae_dtype]
-        components = components if components is not None else load_components(config.model)
-        freeze_and_cast(components, self.weight_dtype, vae_dtype)
-        self.components = components
-        self.attention = resolve_attention_backend(config.model.attention, device)
-        set_attention_backend(components.unet, self.attention)
-        unet = components.unet
-        if config.model.gradient_checkpointing:
-            components.vae.enable_gradient_checkpointing()
-        if config.lora.enabled:
-            params = add_lora(unet, config.lora)
-        else:
-            unet.requires_grad_(True)
-            params = list(unet.parameters())
-        self.trainable_params = params
-        self.reference = Reference(unet, use_lora=config.lora.enabled, weight_dtype=self.weight_dtype)
-        self.pipeline = build_trajectory_pipeline(components, config.model.pretrained)
         self.prompts = load_prompt_set(config.prompts.train)
         self.held_out = (load_prompt_set(config.prompts.held_out).subset(config.prompts.held_out_limit)
                          if config.prompts.held_out else None)
@@ -129,14 +83,10 @@ class RewardTrainer:
             raise ConfigError(f"reward.scorer={config.reward.scorer} has no differentiable path; direct reward "
                               "fine-tuning needs one (e.g. pickscore, hpsv2.1, aesthetic, clipscore)")
         self.aux_scorers = {spec: get_scorer(spec, device=device) for spec in config.reward.aux_scorers}
-        optimizer = build_optimizer(config.train, params, config.train.learning_rate)
-        lr_scheduler = build_lr_scheduler(config.train, optimizer, accelerator.num_processes)
-        self.unet, self.optimizer, self.lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
-        register_trainable_hooks(accelerator, lambda: accelerator.unwrap_model(self.unet))
-        for module in [*components.text_encoders, components.vae]:
-            module.to(device)
-        if not config.lora.enabled:
-            self.reference.unet.to(device)
+        policy = prepare_policy(config, self.accelerator, components)
+        self.policy, self.components, self.pipeline = policy, policy.components, policy.pipeline
+        self.unet, self.optimizer, self.lr_scheduler = policy.unet, policy.optimizer, policy.lr_scheduler
+        self.trainable_params, self.reference, self.attention = policy.trainable_params, policy.reference, policy.attention
         self._resume()
 
     def _resume(self) -> None:
@@ -145,9 +95,7 @@ class RewardTrainer:
             return
         self.accelerator.load_state(str(path))
         self.global_step = self.checkpoints.read_state(path)["global_step"]
-        metrics = Path(self.config.output_dir) / "metrics.jsonl"
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
-        self.history = [row for row in rows if row["step"] <= self.global_step]
+        self.log.resume(self.global_step)
         logger.info("resumed from %s at step %d", path, self.global_step)
 
     def _generator(self, position: int, salt: int) -> torch.Generator:
@@ -216,39 +164,20 @@ class RewardTrainer:
             yield position, [self.prompts.records[index].text for index, _ in batch]
             position += 1
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Mean reward and auxiliary scores of the held-out prompts with fixed seeds (official PIL path)."""
         if self.held_out is None:
             return {}
-        config, pipeline = self.config, self.pipeline
-        sampling, height_width = config.sampling, self._size()
-        texts = [record.text for record in self.held_out.records]
-        totals: dict[str, float] = {}
-        unet = self.accelerator.unwrap_model(self.unet)
-        for start in range(0, len(texts), config.train.batch_size):
-            chunk = texts[start:start + config.train.batch_size]
-            cond = pipeline.conditioning(chunk, None, sampling.guidance_scale, *height_width)
-            pipeline.scheduler.set_timesteps(sampling.num_inference_steps, device=self.accelerator.device)
-            generators = [torch.Generator().manual_seed(config.prompts.held_out_seed + start + i)
-                          for i in range(len(chunk))]
-            x_T = pipeline.initial_latents(len(chunk), *height_width, generators, cond.prompt_embeds.dtype)
-            none = GradientWindow(torch.zeros(len(chunk), sampling.num_inference_steps, dtype=torch.bool),
-                                  sampling.num_inference_steps - 1)
-            with self.accelerator.autocast():
-                latents = sample_with_gradient_window(unet, pipeline.scheduler, x_T, cond, sampling.guidance_scale,
-                                                      none, sampling.eta, torch.Generator().manual_seed(0)).latents
-            images = decode_latents(pipeline.vae, latents)
-            for name, scorer in {config.reward.scorer: self.scorer, **self.aux_scorers}.items():
-                totals[f"eval/{name}"] = totals.get(f"eval/{name}", 0.0) + scorer(images, chunk, path="pil").sum().item()
-        return {key: value / len(texts) for key, value in totals.items()}
+        config = self.config
+        return evaluate_held_out(self.pipeline, self.accelerator.unwrap_model(self.unet),
+                                 [record.text for record in self.held_out.records],
+                                 {config.reward.scorer: self.scorer, **self.aux_scorers}, config.sampling,
+                                 config.train.batch_size, config.prompts.held_out_seed, self.accelerator.autocast)
 
     def train(self) -> dict:
         """Run to ``train.max_steps``; save the final weights and summary; returns the final metrics."""
         config, accelerator = self.config, self.accelerator
-        if accelerator.is_main_process:
-            (Path(config.output_dir) / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-            (Path(config.output_dir) / "conventions.json").write_text(json.dumps(reward_conventions(config), indent=2))
+        write_run_files(config, reward_conventions(config), accelerator)
         if accelerator.log_with:
             accelerator.init_trackers(config.logging.project)
         accelerator.print(self.describe())
@@ -312,30 +241,14 @@ class RewardTrainer:
         return self.checkpoints.save(self.accelerator, self.global_step, {})
 
     def _log(self, window: list[dict[str, torch.Tensor]], elapsed: float) -> dict:
-        accelerator = self.accelerator
-        row: dict = {"step": self.global_step}
-        for key in sorted({k for m in window for k in m}):
-            value = torch.stack([m[key].float() for m in window if key in m]).mean()
-            row[key] = accelerator.reduce(value.to(accelerator.device), reduction="mean").item()
-        row["lr"] = self.lr_scheduler.get_last_lr()[0]
-        samples = self.config.train.batch_size * self.config.train.gradient_accumulation_steps * accelerator.num_processes
-        row["samples_per_s"] = samples / max(elapsed, 1e-9)
-        if torch.cuda.is_available():
-            row["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
-        self._write(row)
-        return row
+        samples = self.config.train.batch_size * self.config.train.gradient_accumulation_steps * \
+            self.accelerator.num_processes
+        return self.log.reduce(window, self.global_step, lr=self.lr_scheduler.get_last_lr()[0],
+                               samples_per_s=samples / max(elapsed, 1e-9))
 
     def _log_eval(self, evaluation: dict[str, float]) -> None:
         if evaluation:
-            self._write({"step": self.global_step, **evaluation})
-
-    def _write(self, row: dict) -> None:
-        self.history.append(row)
-        if self.accelerator.is_main_process:
-            with (Path(self.config.output_dir) / "metrics.jsonl").open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
-        if self.accelerator.log_with:
-            self.accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=self.global_step)
+            self.log.write({"step": self.global_step, **evaluation})
 
     def describe(self) -> str:
         config = self.config
