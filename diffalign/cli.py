@@ -6,6 +6,9 @@
     diffalign train rank-dpo --config FILE [key=value ...] ranked DPO on K images per prompt (RankDPO, LiPO-λ)
     diffalign train curriculum-dpo --config FILE curriculum.stages=S [...]  DPO on pairs from easy to hard
     diffalign train draft --config FILE [reward.method=draft|draft-k|draft-lv|alignprop|refl ...]  reward backprop
+    diffalign train d3po --config FILE [d3po.labels=scorer|human ...]   per-step DPO on trajectory pairs
+    diffalign label sample --config FILE --out DIR [--limit N]          K rollouts per prompt for people to rank
+    diffalign label serve DIR [--host 127.0.0.1] [--port 8765]          the local labeling page
     diffalign cache --config FILE [key=value ...]          only build the latent/text cache
     diffalign config show --config FILE [key=value ...]    print the resolved, validated config
     diffalign config reference                             every option with its default and help
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("overrides", nargs="*", help="key=value overrides of assets/configs/shapes-dpo.yaml, e.g. train.beta=1000")
 
     train = commands.add_parser("train", help="train a model")
-    train.add_argument("method", choices=["dpo", "sft", "rank-dpo", "curriculum-dpo", "draft"])
+    train.add_argument("method", choices=["dpo", "sft", "rank-dpo", "curriculum-dpo", "draft", "d3po"])
     for sub in (train, commands.add_parser("cache", help="build the latent/text-embedding cache only")):
         sub.add_argument("--config", required=True, help="YAML config (see assets/configs/)")
         sub.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.beta=2500")
@@ -107,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _add_eval_commands(commands)
     _add_data_commands(commands)
+    _add_label_commands(commands)
     commands.add_parser("scorers", help="list the registered scorers and their options")
 
     args, extra = parser.parse_known_args(argv)
@@ -252,6 +256,45 @@ def _add_data_commands(commands) -> None:
     pairs.add_argument("--scorer", help="order by raw_scores[SCORER] (default: scores, else labels)")
 
 
+def _add_label_commands(commands) -> None:
+    label = commands.add_parser("label", help="rollouts for people to rank, and the labeling page (D3PO human mode)")
+    actions = label.add_subparsers(dest="action", required=True)
+    sample = actions.add_parser("sample", help="K trajectories per prompt from one shared noise, stored with images")
+    sample.add_argument("--config", required=True, help="a D3PO config (model, prompts.train, sampling, d3po.images_per_prompt)")
+    sample.add_argument("--out", required=True, help="the label folder to write (resumable)")
+    sample.add_argument("--limit", type=int, help="only the first N prompts")
+    sample.add_argument("--device")
+    sample.add_argument("overrides", nargs="*", help="key=value overrides, e.g. d3po.images_per_prompt=4")
+    serve = actions.add_parser("serve", help="the labeling page for a label folder")
+    serve.add_argument("folder")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8765)
+
+
+def _run_label(args) -> int:
+    from diffalign.config import D3PORunConfig
+
+    if args.action == "sample":
+        from diffalign.labeling import sample_rollouts
+
+        config = load_config(args.config, list(args.overrides), cls=D3PORunConfig)
+        print(f"label folder: {sample_rollouts(config, args.out, args.limit, args.device)}; label it with "
+              f"`diffalign label serve {args.out}`")
+        return 0
+    from diffalign.labeling import make_server
+
+    server = make_server(args.folder, args.host, args.port)
+    print(f"labeling page: http://{args.host}:{server.server_address[1]}/  (labels go to "
+          f"{Path(args.folder) / 'labels.jsonl'}; Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def _run_data(args) -> int:
     if args.action == "pairs":
         import json
@@ -389,6 +432,16 @@ def _run(args) -> int:
                                 **({"model": args.model} if args.model else {}),
                                 **({"margin": args.margin} if args.margin is not None else {}))
         run_demo(args.out, settings, args.overrides)
+    elif args.command == "train" and args.method == "d3po":
+        from accelerate import PartialState
+
+        from diffalign.config import D3PORunConfig
+        from diffalign.training.d3po import train_d3po
+
+        train_d3po(load_config(args.config, list(args.overrides), cls=D3PORunConfig,
+                               num_processes=PartialState().num_processes))
+    elif args.command == "label":
+        return _run_label(args)
     elif args.command == "train" and args.method == "draft":
         from accelerate import PartialState
 
@@ -415,13 +468,15 @@ def _run(args) -> int:
     elif args.command == "config" and args.action == "show":
         print(yaml.safe_dump(to_dict(_config_from_args(args)), sort_keys=False))
     elif args.command == "config":
-        from diffalign.config import RewardRunConfig
+        from diffalign.config import D3PORunConfig, RewardRunConfig
 
         header = "| key | type | default | description |\n| --- | --- | --- | --- |"
         print(f"## Preference runs (`train dpo`, `sft`, `rank-dpo`, `curriculum-dpo`)\n\n{header}")
         print("\n".join(reference_text()))
         print(f"\n## Direct reward runs (`train draft`)\n\n{header}")
         print("\n".join(reference_text(RewardRunConfig)))
+        print(f"\n## D3PO runs (`train d3po`, `label sample`)\n\n{header}")
+        print("\n".join(reference_text(D3PORunConfig)))
     elif args.command == "tiny-model":
         from diffalign.tiny import build_random_pipeline, pipeline_config_dir
 

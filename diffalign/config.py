@@ -333,6 +333,80 @@ class RewardRunConfig:
             raise ConfigError(f"reward.refl_steps must be [first, last] with 0 <= first <= last < {steps}, got {refl}.")
 
 
+
+# D3PO: per-denoising-step DPO on pairs of trajectories ---------------------------------------------
+
+@dataclass
+class D3POConfig:
+    labels: str = _opt("scorer", "scorer: sample online and label pairs with d3po.scorers (Pareto dominance); human: "
+                                 "train on rollouts stored by `diffalign label sample` and the labels people gave "
+                                 "them on the labeling page.", ("scorer", "human"))
+    scorers: list[str] = _opt(["pickscore"], "Scorers that label pairs (scorer mode); several = Pareto dominance, "
+                                             "incomparable pairs carry no gradient.")
+    margin: float = _opt(0.0, "Score (or averaged human score) differences within this margin are ties.")
+    images_per_prompt: int = _opt(2, "K trajectories per prompt from one shared initial noise; all K(K-1)/2 pairs "
+                                     "are labelled (scorer mode).")
+    beta: float = _opt(0.1, "D3PO beta: logit = beta * (log r_w - log r_l).")
+    clip: float = _opt(0.1, "Trust region: importance ratios clamped to [1 - clip, 1 + clip] (no gradient outside).")
+    timestep_fraction: float = _opt(1.0, "Fraction of each trajectory's steps trained (a random subset per pair).")
+    label_dir: str = _opt("", "Human mode: the folder of `diffalign label sample` holding rollouts and labels.jsonl.")
+    replay_atol: float = _opt(1e-3, "Largest allowed gap between recorded and replayed log-probs before training.")
+
+
+@dataclass
+class D3POSamplingConfig(SamplingConfig):
+    eta: float = _opt(1.0, "DDIM eta, > 0: the step noise makes the trajectories of one initial noise differ.")
+
+
+@dataclass
+class D3POTrainConfig(OptimizerConfig):
+    rollout_prompts: int = _opt(4, "Prompts sampled (x images_per_prompt trajectories) per round on each device.")
+    pair_batch_size: int = _opt(4, "Pairs per UNet micro-batch when training a round's pairs.")
+    evaluate_every: int = _opt(0, "Score the held-out prompts every N optimizer steps (0 = at the start and end only).")
+
+
+@dataclass
+class D3PORunConfig:
+    """A D3PO run: one optimizer step per round of rollouts (scorer mode) or of stored labelled rollouts (human)."""
+
+    output_dir: str = _opt("outputs/d3po", "Where checkpoints, the final weights, logs and the model card go.")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    sampling: D3POSamplingConfig = field(default_factory=D3POSamplingConfig)
+    d3po: D3POConfig = field(default_factory=D3POConfig)
+    train: D3POTrainConfig = field(default_factory=D3POTrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self, num_processes: int = 1) -> None:
+        """Cross-field checks; raises ConfigError. Called by :func:`load_config`."""
+        if not self.model.pretrained:
+            raise ConfigError("model.pretrained is required: a Hub id or a local diffusers pipeline folder.")
+        if self.d3po.labels == "scorer" and not self.prompts.train:
+            raise ConfigError("prompts.train is required in scorer mode: a prompt set spec such as jsonl:prompts.jsonl.")
+        if self.d3po.labels == "scorer" and not self.d3po.scorers:
+            raise ConfigError("d3po.scorers is empty: scorer mode labels pairs with at least one scorer.")
+        if self.d3po.labels == "human" and not self.d3po.label_dir:
+            raise ConfigError("d3po.labels=human needs d3po.label_dir: the folder written by `diffalign label sample`.")
+        if not self.sampling.eta > 0:
+            raise ConfigError(f"sampling.eta must be > 0 for D3PO (a DDIM step needs a density), got {self.sampling.eta}.")
+        if self.d3po.images_per_prompt < 2:
+            raise ConfigError(f"d3po.images_per_prompt must be >= 2 (K < 2 gives no pair), got "
+                              f"{self.d3po.images_per_prompt}.")
+        if not 0 < self.d3po.timestep_fraction <= 1:
+            raise ConfigError(f"d3po.timestep_fraction must be in (0, 1], got {self.d3po.timestep_fraction}.")
+        if not 0 < self.d3po.clip < 1 or self.d3po.beta <= 0:
+            raise ConfigError(f"d3po.clip must be in (0, 1) and d3po.beta > 0, got {self.d3po.clip} and {self.d3po.beta}.")
+        positive = {"train.rollout_prompts": self.train.rollout_prompts, "train.max_steps": self.train.max_steps,
+                    "train.pair_batch_size": self.train.pair_batch_size, "lora.rank": self.lora.rank,
+                    "sampling.num_inference_steps": self.sampling.num_inference_steps,
+                    "checkpoint.keep_last": self.checkpoint.keep_last, "logging.every": self.logging.every}
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{key} must be > 0, got {value}.")
+
+
 def type_name(hint: Any) -> str:
     """Readable name of a type hint: 'float', 'int | None', 'list[str]'."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):

@@ -222,6 +222,35 @@ class Trajectory:
     def num_steps(self) -> int:
         return self.timesteps.shape[0]
 
+    def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors, metadata) for safetensors: every tensor on CPU, the rest JSON-serialisable."""
+        tensors = {"latents": self.latents, "timesteps": self.timesteps, "log_probs": self.log_probs}
+        for f in fields(self.cond):
+            value = getattr(self.cond, f.name)
+            if value is not None:
+                tensors[f"cond.{f.name}"] = value
+        metadata = {"prompts": self.prompts, "guidance_scale": self.guidance_scale, "eta": self.eta,
+                    "reduction": self.reduction}
+        return {key: value.detach().cpu().contiguous() for key, value in tensors.items()}, metadata
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict) -> "Trajectory":
+        """The inverse of :meth:`to_tensors`."""
+        cond = Conditioning(**{f.name: tensors.get(f"cond.{f.name}") for f in fields(Conditioning)})
+        return cls(latents=tensors["latents"], timesteps=tensors["timesteps"], log_probs=tensors["log_probs"],
+                   cond=cond, prompts=list(metadata["prompts"]), guidance_scale=float(metadata["guidance_scale"]),
+                   eta=float(metadata["eta"]), reduction=metadata["reduction"])
+
+    @classmethod
+    def concat(cls, trajectories: list["Trajectory"]) -> "Trajectory":
+        """Trajectories of the same settings stacked along the batch."""
+        first = trajectories[0]
+        cond = Conditioning(**{f.name: None if getattr(first.cond, f.name) is None else
+                               torch.cat([getattr(t.cond, f.name) for t in trajectories]) for f in fields(Conditioning)})
+        return replace(first, latents=torch.cat([t.latents for t in trajectories]),
+                       log_probs=torch.cat([t.log_probs for t in trajectories]), cond=cond,
+                       prompts=[p for t in trajectories for p in t.prompts])
+
     def select(self, rows) -> "Trajectory":
         """Some samples of the trajectory (``rows``: index list, slice or bool mask over B)."""
         prompts = [self.prompts[i] for i in torch.arange(self.batch_size)[rows].tolist()]
