@@ -42,7 +42,7 @@ class TrajectoryMixin:
         if not isinstance(self.scheduler, DDIMScheduler):
             raise ValueError(f"trajectory methods need a DDIM scheduler, this pipeline has "
                              f"{type(self.scheduler).__name__}: set pipe.scheduler = "
-                             "DDIMScheduler.from_config(pipe.scheduler.config)")
+                             "DDIMScheduler.from_pretrained(<model>, subfolder='scheduler')")
 
     def _size(self, height: int | None, width: int | None) -> tuple[int, int]:
         default = self.unet.config.sample_size * self.vae_scale_factor

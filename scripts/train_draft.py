@@ -14,25 +14,9 @@ training, to show reward hacking. The LoRA saves load with ``pipe.load_lora_weig
 
 from __future__ import annotations
 
-import argparse
-
-from accelerate import PartialState
-
-from diffalign.config import RewardRunConfig, load_config
+from diffalign.config import RewardRunConfig
+from diffalign.training.online import train_from_command_line
 from diffalign.training.reward import train_reward
 
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="Direct reward fine-tuning", epilog=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML config, e.g. assets/configs/sd15-draft.yaml")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. reward.method=alignprop reward.k=10")
-    args = parser.parse_args(argv)
-    final = train_reward(load_config(args.config, args.overrides, cls=RewardRunConfig,
-                                     num_processes=PartialState().num_processes))
-    print(f"done: {final}")
-    return final
-
-
 if __name__ == "__main__":
-    main()
+    train_from_command_line("Direct reward fine-tuning", RewardRunConfig, train_reward)

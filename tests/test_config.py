@@ -25,6 +25,14 @@ def test_shipped_reward_configs_load_and_validate(name):
     assert config.reward.method == "draft-k" and config.sampling.eta == 0.0
 
 
+@pytest.mark.parametrize("name", ["tiny-d3po", "sd15-d3po", "sdxl-d3po"])
+def test_shipped_d3po_configs_load_and_validate(name):
+    from diffalign.config import D3PORunConfig
+
+    config = load_config(asset("configs", f"{name}.yaml"), cls=D3PORunConfig)
+    assert config.sampling.eta == 1.0 and config.d3po.beta == 0.1
+
+
 def test_paper_config_derives_accumulation_and_lr():
     config = load_config(asset("configs", "sdxl-dpo-full.yaml"))
     assert config.gradient_accumulation(num_processes=16) == 128
@@ -106,8 +114,8 @@ def test_configuration_doc_is_in_sync_with_the_dataclasses():
     from diffalign.cli import reference_text
     from diffalign.paths import ASSETS
 
-    from diffalign.config import RewardRunConfig
+    from diffalign.config import D3PORunConfig, RewardRunConfig
 
     doc = (ASSETS.parent / "docs" / "configuration.md").read_text()
-    for cls in (DPORunConfig, RewardRunConfig):
+    for cls in (DPORunConfig, RewardRunConfig, D3PORunConfig):
         assert "\n".join(reference_text(cls)) in doc, "regenerate docs/configuration.md with `diffalign config reference`"

@@ -163,3 +163,22 @@ def test_gradients_are_synchronised_across_two_processes(tmp_path, tiny_sd):
     initial = trainable_state_dict(base.accelerator.unwrap_model(base.unet))
     assert any(not torch.equal(first[k], initial[k]) for k in first)  # the step changed the weights
     assert all(torch.equal(first[k], second[k]) for k in first)  # identically on both processes
+
+
+def test_cli_and_script_train_d3po(tmp_path, tiny_sd, capsys):
+    import runpy
+    import sys
+
+    from diffalign.cli import main
+    from diffalign.paths import ASSETS, asset
+
+    common = [f"model.pretrained={tiny_sd}", "sampling.num_inference_steps=2", "train.rollout_prompts=2",
+              "train.max_steps=1", "prompts.held_out_limit=2", "checkpoint.every=0"]
+    config = str(asset("configs", "tiny-d3po.yaml"))
+    assert main(["train", "d3po", "--config", config, f"output_dir={tmp_path / 'cli'}", *common]) == 0
+    assert (tmp_path / "cli" / "pytorch_lora_weights.safetensors").is_file()
+    sys.argv = ["train_d3po.py", "--config", config, f"output_dir={tmp_path / 'script'}", *common]
+    runpy.run_path(str(ASSETS.parent / "scripts" / "train_d3po.py"), run_name="__main__")
+    assert "done:" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "script" / "summary.json").read_text())
+    assert "Pareto dominance" in summary["conventions"]["pairs"] and "eval/shapes-clip" in summary["final"]

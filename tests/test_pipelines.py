@@ -64,7 +64,7 @@ def test_bad_rollouts_are_clear_errors(request):
     with pytest.raises(ValueError, match="need eta > 0"):
         pipe.rollout("x", num_inference_steps=2, eta=0.0)
     pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config)
-    with pytest.raises(ValueError, match="need a DDIM scheduler.*DDIMScheduler.from_config"):
+    with pytest.raises(ValueError, match="need a DDIM scheduler.*DDIMScheduler.from_pretrained"):
         pipe.rollout("x", num_inference_steps=2)
 
 

@@ -173,3 +173,24 @@ def write_run_files(config, conventions: dict, accelerator: Accelerator) -> None
 
 def checkpoint_manager(config) -> CheckpointManager:
     return CheckpointManager(config.output_dir, config.checkpoint.keep_last)
+
+
+def train_from_command_line(description: str, config_class: type, train, argv: list[str] | None = None) -> dict:
+    """The body of scripts/train_draft.py and scripts/train_d3po.py: ``--config FILE [key=value ...]`` ->
+    one run of ``train(config)``; returns the final metrics."""
+    import argparse
+    import sys
+
+    from accelerate import PartialState
+
+    from diffalign.config import load_config
+
+    caller = sys.modules.get("__main__")
+    parser = argparse.ArgumentParser(description=description, epilog=getattr(caller, "__doc__", None),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML config (assets/configs/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    args = parser.parse_args(argv)
+    final = train(load_config(args.config, args.overrides, cls=config_class, num_processes=PartialState().num_processes))
+    print(f"done: {final}")
+    return final
