@@ -6,6 +6,8 @@
     python scripts/demo_ablation.py ground-truth --out outputs/ablation    # pairs whose winner is a true render
     python scripts/demo_ablation.py synth --captions 128 --images 4 --out outputs/ranked   # ranked data + pairs
     python scripts/demo_ablation.py variant NAME --ranked FILE --out outputs/ranked [key=value ...]   # RankDPO
+    python scripts/demo_ablation.py variant NAME --trainer draft|d3po --out outputs/ranked [key=value ...]
+    python scripts/demo_ablation.py person-labels --label-dir DIR    # labels.jsonl written by the checker as a "person"
 
 ``pool`` generates the training samples once (the demo's generation settings, seed 0; the first 64
 and 128 captions are the demo's own), scores them with shapes-clip and the checker, and generates
@@ -20,7 +22,10 @@ with ``diffalign data synth``'s code: ``--images`` samples for each of the first
 training captions, ranked by shapes-clip (``OUT/synth/ranked-00000-of-00001.jsonl``), and their pairs
 with a shapes-clip gap above ``--margin`` (``OUT/synth/pairs.jsonl``, score gap as the curriculum
 difficulty); it also makes the base runs if ``pool`` has not. ``variant --ranked FILE`` trains
-ranked DPO on those records instead of pairs.
+ranked DPO on those records instead of pairs; ``variant --trainer draft|d3po`` trains the online
+methods (assets/configs/tiny-draft.yaml / tiny-d3po.yaml plus the overrides) on the synth captions.
+``person-labels`` stands in for a person on a folder of ``diffalign label sample``: it ranks each
+prompt's images by the shapes checker and marks those with no attribute right as bad.
 """
 
 from __future__ import annotations
@@ -113,15 +118,51 @@ def write_ground_truth_pairs(out: Path) -> Path:
     return folder / "pairs.jsonl"
 
 
+def train_online(out: Path, folder: Path, trainer: str, overrides: list[str]) -> dict:
+    """DRaFT-family (``draft``) or D3PO (``d3po``) training on the synth captions, with the tiny configs."""
+    from diffalign.config import D3PORunConfig, RewardRunConfig
+    from diffalign.training.d3po import train_d3po
+    from diffalign.training.reward import train_reward
+
+    config_class, train, file = {"draft": (RewardRunConfig, train_reward, "tiny-draft.yaml"),
+                                 "d3po": (D3PORunConfig, train_d3po, "tiny-d3po.yaml")}[trainer]
+    config = load_config(asset("configs", file), [
+        f"model.pretrained={MODEL}", f"prompts.train=jsonl:{out / 'synth-prompts.jsonl'}",
+        f"output_dir={folder / 'dpo'}", "train.seed=0", *overrides], cls=config_class)
+    return train(config)
+
+
+def write_person_labels(folder: Path) -> Path:
+    """A script standing in for a person on a label folder: ranks each prompt's images by the shapes checker's
+    share of attributes right (ties share a rank) and marks images with no attribute right as bad."""
+    from diffalign.scorers import get_scorer
+    from PIL import Image
+
+    checker = get_scorer(CHECKER_FRACTION)
+    lines = []
+    for line in (folder / "prompts.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        images = [Image.open(folder / image).convert("RGB") for image in row["images"]]
+        shares = checker(images, [row["prompt"]] * len(images)).tolist()
+        ranks = [1 + sum(other > share for other in shares) for share in shares]
+        bad = [share == 0 for share in shares]
+        lines.append(json.dumps({"annotator": "checker-script", "prompt_id": row["prompt_id"],
+                                 "ranks": [None if b else r for r, b in zip(ranks, bad)], "bad": bad}))
+    write_text_atomic(folder / "labels.jsonl", "\n".join(lines) + "\n")
+    return folder / "labels.jsonl"
+
+
 def run_variant(out: Path, name: str, captions: int, images: int, selection: str, margin: float,
-                pairs_file: str | None, ranked_file: str | None, overrides: list[str]) -> dict:
+                pairs_file: str | None, ranked_file: str | None, overrides: list[str], trainer: str = "dpo") -> dict:
     start = time.perf_counter()
     folder = out / name
     for stale in ("dpo", "held-out", "train-eval"):
         shutil.rmtree(folder / stale, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     data = [f"data.path={folder / 'pairs.jsonl'}"]
-    if ranked_file:
+    if trainer != "dpo":
+        labels = {}
+    elif ranked_file:
         labels = {}
         data = [f"data.path={Path(ranked_file).resolve()}", "data.format=ranked", "train.objective=rank"]
     elif pairs_file:
@@ -134,18 +175,22 @@ def run_variant(out: Path, name: str, captions: int, images: int, selection: str
         labels = write_pairs(table, folder, SCORER, margin, selection)
     from diffalign.training import train_dpo
 
-    config = load_config(asset("configs", "shapes-dpo.yaml"), [
-        f"model.pretrained={MODEL}", *data, f"output_dir={folder / 'dpo'}",
-        f"cache.dir={out / 'cache'}", "train.seed=0", *overrides])
-    final = train_dpo(config)
-    if config.lora.enabled:
+    if trainer == "dpo":
+        config = load_config(asset("configs", "shapes-dpo.yaml"), [
+            f"model.pretrained={MODEL}", *data, f"output_dir={folder / 'dpo'}",
+            f"cache.dir={out / 'cache'}", "train.seed=0", *overrides])
+        final = train_dpo(config)
+    else:
+        final = train_online(out, folder, trainer, overrides)
+    if not any(item == "lora.enabled=false" for item in overrides):
         pipeline = load_eval_pipeline(MODEL, device="cpu")
         with _quiet_diffusers():
             pipeline.load_lora_weights(folder / "dpo")
     else:
         pipeline = load_eval_pipeline(MODEL, device="cpu", unet=str(folder / "dpo" / "unet"))
     result = {"name": name, "captions": captions, "images": images, "selection": selection, "margin": margin,
-              "pairs_file": pairs_file, "ranked_file": ranked_file, "overrides": overrides, "labels": labels, "final_loss": final.get("loss")}
+              "pairs_file": pairs_file, "ranked_file": ranked_file, "trainer": trainer, "overrides": overrides,
+              "labels": labels, "final_loss": final.get("loss"), "final": final}
     evaluations = [("held_out", load_prompt_set("shapes-demo"), 1000),
                    ("train_eval", load_prompt_set(f"jsonl:{out / 'train-eval-prompts.jsonl'}"), 2000)]
     for tag, prompts, seed in evaluations:
@@ -162,7 +207,7 @@ def run_variant(out: Path, name: str, captions: int, images: int, selection: str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["pool", "ground-truth", "synth", "variant"])
+    parser.add_argument("command", choices=["pool", "ground-truth", "synth", "variant", "person-labels"])
     parser.add_argument("name", nargs="?", help="variant name (its folder under --out)")
     parser.add_argument("--out", default="outputs/ablation")
     parser.add_argument("--captions", type=int, default=POOL_CAPTIONS)
@@ -171,6 +216,9 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=2.0)
     parser.add_argument("--pairs", help="train on this pairs JSONL instead of labelling the pool")
     parser.add_argument("--ranked", help="train ranked DPO on this ranked JSONL instead of pairs")
+    parser.add_argument("--trainer", choices=["dpo", "draft", "d3po"], default="dpo",
+                        help="draft / d3po: the online trainers with assets/configs/tiny-{draft,d3po}.yaml")
+    parser.add_argument("--label-dir", help="person-labels: the label folder of `diffalign label sample`")
     args, overrides = parser.parse_known_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -180,11 +228,13 @@ def main() -> None:
         print(write_ground_truth_pairs(out))
     elif args.command == "synth":
         make_ranked(out, args.captions, args.images, args.margin)
+    elif args.command == "person-labels":
+        print(write_person_labels(Path(args.label_dir)))
     elif not args.name:
         parser.error("variant needs a NAME")
     else:
         run_variant(out, args.name, args.captions, args.images, args.selection, args.margin, args.pairs, args.ranked,
-                    overrides)
+                    overrides, args.trainer)
 
 
 if __name__ == "__main__":
