@@ -113,3 +113,21 @@ def test_cli_and_script_train_draft(tmp_path, tiny_sd, capsys):
     assert "done:" in capsys.readouterr().out
     summary = json.loads((tmp_path / "script" / "summary.json").read_text())
     assert "predicted x0" in summary["conventions"]["window"] and "eval/shapes-clip" in summary["final"]
+
+
+def test_benchmark_trajectory_script_runs(tmp_path, monkeypatch, capsys):
+    import runpy
+    import sys
+
+    from diffalign.paths import ASSETS
+
+    out = tmp_path / "bench.json"
+    monkeypatch.setattr(sys, "argv", ["benchmark_trajectory.py", "--model", "tiny-sd", "--resolution", "16",
+                                      "--sampling-steps", "2", "--k", "1,all", "--steps", "1", "--warmup", "0",
+                                      "--attention", "sdpa,xformers", "--json", str(out)])
+    runpy.run_path(str(ASSETS.parent / "scripts" / "benchmark_trajectory.py"), run_name="__main__")
+    results = json.loads(out.read_text())["results"]
+    assert [r["k"] for r in results] == ["1", "all", "1", "all"]
+    assert all(r["seconds_per_step"] > 0 for r in results[:2])
+    if not torch.cuda.is_available():
+        assert all("xformers" in r["error"] for r in results[2:])
