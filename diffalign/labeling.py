@@ -242,6 +242,7 @@ async function load() {
     card.querySelector(".save").onclick = () => save(prompt.prompt_id, card);
     root.appendChild(card);
   }
+  document.body.dataset.loads = String(Number(document.body.dataset.loads || 0) + 1);
 }
 async function save(promptId, card) {
   const ranks = [...card.querySelectorAll(".rank")].map(s => s.value === "" ? null : Number(s.value));
