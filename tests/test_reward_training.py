@@ -131,3 +131,15 @@ def test_benchmark_trajectory_script_runs(tmp_path, monkeypatch, capsys):
     assert all(r["seconds_per_step"] > 0 for r in results[:2])
     if not torch.cuda.is_available():
         assert all("xformers" in r["error"] for r in results[2:])
+
+
+def test_full_fine_tune_saves_a_unet(tmp_path, tiny_sd):
+    from diffusers import UNet2DConditionModel
+
+    trainer = trainer_for(reward_config(tmp_path, tiny_sd, "lora.enabled=false", "train.max_steps=1",
+                                        "train.learning_rate=1e-4", "reward.kl_weight=1.0", "prompts.held_out=''"))
+    assert trainer.reference.unet is not trainer.accelerator.unwrap_model(trainer.unet)  # a frozen copy
+    final = trainer.train()
+    unet = UNet2DConditionModel.from_pretrained(final["weights"])
+    base = UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet")
+    assert any(not torch.equal(a, b) for a, b in zip(unet.state_dict().values(), base.state_dict().values()))
