@@ -16,8 +16,6 @@ class DiffAlignStableDiffusionPipeline(TrajectoryMixin, StableDiffusionPipeline)
     @torch.no_grad()
     def conditioning(self, prompts: list[str], negative_prompt: str | list[str] | None, guidance_scale: float,
                      height: int, width: int) -> Conditioning:
-        guided = guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
-        if isinstance(negative_prompt, str):
-            negative_prompt = [negative_prompt] * len(prompts)
+        guided, negative_prompt = self._guidance(prompts, negative_prompt, guidance_scale)
         embeds, negative = self.encode_prompt(prompts, self._execution_device, 1, guided, negative_prompt)
         return Conditioning(prompt_embeds=embeds, negative_prompt_embeds=negative if guided else None)

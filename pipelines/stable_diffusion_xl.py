@@ -20,9 +20,7 @@ class DiffAlignStableDiffusionXLPipeline(TrajectoryMixin, StableDiffusionXLPipel
     @torch.no_grad()
     def conditioning(self, prompts: list[str], negative_prompt: str | list[str] | None, guidance_scale: float,
                      height: int, width: int) -> Conditioning:
-        guided = guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
-        if isinstance(negative_prompt, str):
-            negative_prompt = [negative_prompt] * len(prompts)
+        guided, negative_prompt = self._guidance(prompts, negative_prompt, guidance_scale)
         embeds, negative, pooled, negative_pooled = self.encode_prompt(
             prompt=prompts, device=self._execution_device, num_images_per_prompt=1,
             do_classifier_free_guidance=guided, negative_prompt=negative_prompt)

@@ -38,6 +38,14 @@ class TrajectoryMixin:
         """Text (and SDXL micro-) conditioning of ``prompts``; implemented by each pipeline class."""
         raise NotImplementedError
 
+    def _guidance(self, prompts: list[str], negative_prompt: str | list[str] | None,
+                  guidance_scale: float) -> tuple[bool, list[str] | None]:
+        """Whether classifier-free guidance runs (as ``__call__`` decides it) and the per-prompt negatives."""
+        guided = guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
+        if isinstance(negative_prompt, str):
+            negative_prompt = [negative_prompt] * len(prompts)
+        return guided, negative_prompt
+
     def _check_ddim(self) -> None:
         if not isinstance(self.scheduler, DDIMScheduler):
             raise ValueError(f"trajectory methods need a DDIM scheduler, this pipeline has "

@@ -63,7 +63,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_sd):
     straight.run_steps()
     first = trainer_for(reward_config(tmp_path / "b", tiny_sd, *common, "train.max_steps=2"))
     first.run_steps()
-    first._save_checkpoint()
+    first.save_checkpoint()
     resumed = trainer_for(reward_config(tmp_path / "b", tiny_sd, *common, "checkpoint.resume_from=latest"))
     assert resumed.global_step == 2
     resumed.run_steps()

@@ -14,7 +14,6 @@ first round is replayed before any update: recorded and recomputed log-probs mus
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -27,8 +26,7 @@ from diffalign.config import D3PORunConfig
 from diffalign.losses import d3po_loss, pareto_preference
 from diffalign.sampling import Trajectory, step_log_prob
 from diffalign.training.online import (MetricsLog, checkpoint_manager, evaluate_held_out, make_accelerator,
-                                       prepare_policy, write_run_files)
-from diffalign.training.outputs import save_final_weights
+                                       prepare_policy, train_to_end)
 from diffalign.training.sampler import ResumableBatchSampler
 
 logger = logging.getLogger(__name__)
@@ -211,43 +209,19 @@ class D3POTrainer:
                                       seconds=time.perf_counter() - start)
                 progress.set_postfix(loss=f"{row['loss']:.4f}", pairs=int(row["pairs"]))
             if config.checkpoint.every and self.global_step % config.checkpoint.every == 0:
-                self._save_checkpoint()
+                self.save_checkpoint()
             if config.train.evaluate_every and self.global_step % config.train.evaluate_every == 0 \
                     and self.global_step < config.train.max_steps:
-                self._log_eval(self.evaluate())
+                self.log.write_eval(self.global_step, self.evaluate())
         progress.close()
 
-    def _save_checkpoint(self) -> Path:
+    def save_checkpoint(self) -> Path:
         self.accelerator.step = self.global_step
         return self.checkpoints.save(self.accelerator, self.global_step, {})
 
-    def _log_eval(self, evaluation: dict[str, float]) -> None:
-        if evaluation:
-            self.log.write({"step": self.global_step, **evaluation})
-
     def train(self) -> dict:
         """Run to ``train.max_steps``; save the final weights and summary; returns the final metrics."""
-        config, accelerator = self.config, self.accelerator
-        write_run_files(config, d3po_conventions(config), accelerator)
-        if accelerator.log_with:
-            accelerator.init_trackers(config.logging.project)
-        accelerator.print(self.describe())
-        if self.global_step == 0:
-            self._log_eval(self.evaluate())
-        self.run_steps()
-        if not config.checkpoint.every or self.global_step % config.checkpoint.every:
-            self._save_checkpoint()
-        final = dict(self.history[-1]) if self.history else {}
-        evaluation = self.evaluate()
-        self._log_eval(evaluation)
-        final.update(evaluation)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            final["weights"] = str(save_final_weights(self.components, accelerator.unwrap_model(self.unet), config))
-            (Path(config.output_dir) / "summary.json").write_text(json.dumps(
-                {"final": final, "attention": self.attention, "conventions": d3po_conventions(config)}, indent=2))
-        accelerator.end_training()
-        return final
+        return train_to_end(self, d3po_conventions(self.config))
 
     def describe(self) -> str:
         config = self.config

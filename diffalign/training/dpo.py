@@ -565,23 +565,8 @@ def train_dpo(config: DPORunConfig) -> dict:
 
 def train_from_command_line(description: str, fixed_overrides: list[str] | None = None,
                             argv: list[str] | None = None) -> dict:
-    """The body of the scripts/train_*.py entry points: ``--config FILE [key=value ...]`` plus the script's
+    """The body of the scripts/train_*.py DPO entry points: ``--config FILE [key=value ...]`` plus the script's
     ``fixed_overrides`` (e.g. ``train.objective=rank``) -> one training run; returns the final metrics."""
-    import argparse
-    import sys
+    from diffalign.training.online import train_from_command_line as run
 
-    from diffalign.config import load_config
-
-    caller = sys.modules.get("__main__")
-    parser = argparse.ArgumentParser(description=description, epilog=getattr(caller, "__doc__", None),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML config, e.g. assets/configs/sdxl-dpo-lora.yaml")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.beta=2500 lora.rank=32")
-    args = parser.parse_args(argv)
-    config = load_config(args.config, [*(fixed_overrides or []), *args.overrides],
-                         num_processes=PartialState().num_processes)
-    trainer = DPOTrainer(config)
-    trainer.setup()
-    final = trainer.train()
-    trainer.accelerator.print(f"done: {final}")
-    return final
+    return run(description, DPORunConfig, train_dpo, argv, fixed_overrides)

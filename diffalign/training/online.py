@@ -149,6 +149,11 @@ class MetricsLog:
         self.write(row)
         return row
 
+    def write_eval(self, step: int, evaluation: dict[str, float]) -> None:
+        """A row of held-out scores (nothing when there are none)."""
+        if evaluation:
+            self.write({"step": step, **evaluation})
+
     def write(self, row: dict) -> None:
         self.rows.append(row)
         if self.accelerator.is_main_process:
@@ -175,9 +180,11 @@ def checkpoint_manager(config) -> CheckpointManager:
     return CheckpointManager(config.output_dir, config.checkpoint.keep_last)
 
 
-def train_from_command_line(description: str, config_class: type, train, argv: list[str] | None = None) -> dict:
-    """The body of scripts/train_draft.py and scripts/train_d3po.py: ``--config FILE [key=value ...]`` ->
-    one run of ``train(config)``; returns the final metrics."""
+def train_from_command_line(description: str, config_class: type, train, argv: list[str] | None = None,
+                            fixed_overrides: list[str] | None = None) -> dict:
+    """The body of the scripts/train_*.py entry points: ``--config FILE [key=value ...]`` plus the script's
+    ``fixed_overrides`` (e.g. ``train.objective=rank``) -> one run of ``train(config)``; returns the final
+    metrics."""
     import argparse
     import sys
 
@@ -191,6 +198,38 @@ def train_from_command_line(description: str, config_class: type, train, argv: l
     parser.add_argument("--config", required=True, help="YAML config (assets/configs/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     args = parser.parse_args(argv)
-    final = train(load_config(args.config, args.overrides, cls=config_class, num_processes=PartialState().num_processes))
-    print(f"done: {final}")
+    final = train(load_config(args.config, [*(fixed_overrides or []), *args.overrides], cls=config_class,
+                              num_processes=PartialState().num_processes))
+    if PartialState().is_main_process:
+        print(f"done: {final}")
+    return final
+
+
+def train_to_end(trainer, conventions: dict) -> dict:
+    """The shared ``train()`` of the online trainers: run files, held-out scores at the start, the loop,
+    a last checkpoint, held-out scores at the end, final weights and ``summary.json``; returns the final
+    metrics. ``trainer`` has ``config``, ``accelerator``, ``log``, ``global_step``, ``components``,
+    ``unet``, ``attention`` and ``describe``, ``evaluate``, ``run_steps``, ``save_checkpoint``."""
+    from diffalign.training.outputs import save_final_weights
+
+    config, accelerator = trainer.config, trainer.accelerator
+    write_run_files(config, conventions, accelerator)
+    if accelerator.log_with:
+        accelerator.init_trackers(config.logging.project)
+    accelerator.print(trainer.describe())
+    if trainer.global_step == 0:
+        trainer.log.write_eval(0, trainer.evaluate())
+    trainer.run_steps()
+    if not config.checkpoint.every or trainer.global_step % config.checkpoint.every:
+        trainer.save_checkpoint()
+    final = dict(trainer.log.rows[-1]) if trainer.log.rows else {}
+    evaluation = trainer.evaluate()
+    trainer.log.write_eval(trainer.global_step, evaluation)
+    final.update(evaluation)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final["weights"] = str(save_final_weights(trainer.components, accelerator.unwrap_model(trainer.unet), config))
+        (Path(config.output_dir) / "summary.json").write_text(json.dumps(
+            {"final": final, "attention": trainer.attention, "conventions": conventions}, indent=2))
+    accelerator.end_training()
     return final

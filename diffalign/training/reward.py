@@ -12,7 +12,6 @@ and at the end, to show reward hacking.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -26,8 +25,7 @@ from diffalign.losses import direct_reward_loss
 from diffalign.sampling import (Conditioning, GradientWindow, ddim_step, decode_latents, gradient_window,
                                 guided_prediction, sample_with_gradient_window)
 from diffalign.training.online import (MetricsLog, checkpoint_manager, evaluate_held_out, make_accelerator,
-                                       prepare_policy, write_run_files)
-from diffalign.training.outputs import save_final_weights
+                                       prepare_policy, train_to_end)
 from diffalign.training.sampler import ResumableBatchSampler
 
 logger = logging.getLogger(__name__)
@@ -176,27 +174,7 @@ class RewardTrainer:
 
     def train(self) -> dict:
         """Run to ``train.max_steps``; save the final weights and summary; returns the final metrics."""
-        config, accelerator = self.config, self.accelerator
-        write_run_files(config, reward_conventions(config), accelerator)
-        if accelerator.log_with:
-            accelerator.init_trackers(config.logging.project)
-        accelerator.print(self.describe())
-        if self.global_step == 0:
-            self._log_eval(self.evaluate())
-        self.run_steps()
-        if not config.checkpoint.every or self.global_step % config.checkpoint.every:
-            self._save_checkpoint()
-        final = dict(self.history[-1]) if self.history else {}
-        evaluation = self.evaluate()
-        self._log_eval(evaluation)
-        final.update(evaluation)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            final["weights"] = str(save_final_weights(self.components, accelerator.unwrap_model(self.unet), config))
-            (Path(config.output_dir) / "summary.json").write_text(json.dumps(
-                {"final": final, "attention": self.attention, "conventions": reward_conventions(config)}, indent=2))
-        accelerator.end_training()
-        return final
+        return train_to_end(self, reward_conventions(self.config))
 
     def run_steps(self) -> None:
         """The optimisation loop from the current step to ``train.max_steps``."""
@@ -230,13 +208,13 @@ class RewardTrainer:
                 progress.set_postfix(reward=f"{row['reward']:.4f}")
             window, start = [], time.perf_counter()
             if config.checkpoint.every and self.global_step % config.checkpoint.every == 0:
-                self._save_checkpoint()
+                self.save_checkpoint()
             if config.train.evaluate_every and self.global_step % config.train.evaluate_every == 0 \
                     and self.global_step < config.train.max_steps:
-                self._log_eval(self.evaluate())
+                self.log.write_eval(self.global_step, self.evaluate())
         progress.close()
 
-    def _save_checkpoint(self) -> Path:
+    def save_checkpoint(self) -> Path:
         self.accelerator.step = self.global_step * self.config.train.gradient_accumulation_steps
         return self.checkpoints.save(self.accelerator, self.global_step, {})
 
@@ -245,10 +223,6 @@ class RewardTrainer:
             self.accelerator.num_processes
         return self.log.reduce(window, self.global_step, lr=self.lr_scheduler.get_last_lr()[0],
                                samples_per_s=samples / max(elapsed, 1e-9))
-
-    def _log_eval(self, evaluation: dict[str, float]) -> None:
-        if evaluation:
-            self.log.write({"step": self.global_step, **evaluation})
 
     def describe(self) -> str:
         config = self.config
