@@ -26,7 +26,7 @@ from diffalign.config import D3PORunConfig
 from diffalign.losses import d3po_loss, pareto_preference
 from diffalign.sampling import Trajectory, step_log_prob
 from diffalign.training.online import (MetricsLog, checkpoint_manager, evaluate_held_out, make_accelerator,
-                                       prepare_policy, train_to_end)
+                                       position_generator, prepare_policy, train_to_end)
 from diffalign.training.sampler import ResumableBatchSampler
 
 logger = logging.getLogger(__name__)
@@ -104,9 +104,8 @@ class D3POTrainer:
             self.log.resume(self.global_step)
             self.replayed = True
 
-    def _generator(self, round_index: int, salt: int) -> torch.Generator:
-        seed = ((self.config.train.seed * 1_000_003 + self.accelerator.process_index) * 1_000_003 + round_index) * 7
-        return torch.Generator().manual_seed((seed + salt) % (2 ** 63))
+    def _generator(self, position: int, salt: int) -> torch.Generator:
+        return position_generator(self.config.train.seed, self.accelerator.process_index, position, salt)
 
     def _round_units(self, round_index: int) -> list[int]:
         """The prompt (or stored rollout) indices of round ``round_index`` on this process."""

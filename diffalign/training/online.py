@@ -49,6 +49,13 @@ def build_trajectory_pipeline(components: Components, source: str):
     return pipeline
 
 
+def position_generator(seed: int, process_index: int, position: int, salt: int) -> torch.Generator:
+    """A CPU generator fixed by (run seed, process, step position, purpose ``salt``): the online trainers draw
+    noise, windows and timestep subsets from it, so a resumed run draws what the uninterrupted one did."""
+    value = ((seed * 1_000_003 + process_index) * 1_000_003 + position) * 7 + salt
+    return torch.Generator().manual_seed(value % (2 ** 63))
+
+
 @dataclass
 class Policy:
     """The trained UNet (accelerate-prepared), its optimizer and schedule, the frozen reference and the

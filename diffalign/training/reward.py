@@ -25,7 +25,7 @@ from diffalign.losses import direct_reward_loss
 from diffalign.sampling import (Conditioning, GradientWindow, ddim_step, decode_latents, gradient_window,
                                 guided_prediction, sample_with_gradient_window)
 from diffalign.training.online import (MetricsLog, checkpoint_manager, evaluate_held_out, make_accelerator,
-                                       prepare_policy, train_to_end)
+                                       position_generator, prepare_policy, train_to_end)
 from diffalign.training.sampler import ResumableBatchSampler
 
 logger = logging.getLogger(__name__)
@@ -97,9 +97,7 @@ class RewardTrainer:
         logger.info("resumed from %s at step %d", path, self.global_step)
 
     def _generator(self, position: int, salt: int) -> torch.Generator:
-        """A CPU generator fixed by (seed, process, micro-step position, purpose): a resumed run draws the same."""
-        seed = ((self.config.train.seed * 1_000_003 + self.accelerator.process_index) * 1_000_003 + position) * 7 + salt
-        return torch.Generator().manual_seed(seed % (2 ** 63))
+        return position_generator(self.config.train.seed, self.accelerator.process_index, position, salt)
 
     def _window(self, batch: int, position: int) -> GradientWindow:
         reward, steps = self.config.reward, self.config.sampling.num_inference_steps
