@@ -1,6 +1,6 @@
 """The ``diffalign`` command.
 
-    diffalign demo [--out DIR] [--steps N] [key=value ...] the end-to-end demo on the embedded tiny model
+    diffalign demo [--out DIR] [--methods dpo,...] [key=value ...] the end-to-end demo on the embedded tiny model
     diffalign train dpo --config FILE [key=value ...]      Diffusion-DPO (LoRA or full)
     diffalign train sft --config FILE [key=value ...]      SFT on preferred images (baseline)
     diffalign train rank-dpo --config FILE [key=value ...] ranked DPO on K images per prompt (RankDPO, LiPO-λ)
@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = commands.add_parser("demo", help="end-to-end demo on the tiny embedded model (CPU, minutes)")
     demo.add_argument("--out", default="outputs/demo", help="output folder")
-    demo.add_argument("--steps", type=int, default=200, help="DPO optimizer steps")
+    demo.add_argument("--steps", type=int, default=200, help="optimizer steps of dpo and rank-dpo")
+    demo.add_argument("--methods", default="dpo",
+                      help="comma-separated methods to train and compare: dpo, rank-dpo, draft-k, d3po "
+                           "(each adds 2-7 minutes on a 2-core CPU; see docs/embedded-model.md)")
     demo.add_argument("--train-prompts", type=int, default=64, help="training captions drawn from the shapes grammar")
     demo.add_argument("--images-per-prompt", type=int, default=4, help="images generated and ranked per caption")
     demo.add_argument("--eval-images-per-prompt", type=int, default=4, help="held-out images per prompt and model")
@@ -84,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="drop pairs whose shapes-clip scores differ by at most this (default: DemoSettings.margin)")
     demo.add_argument("--model", default=None, help="base pipeline folder (default: the embedded assets/models/shapes-sd)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("overrides", nargs="*", help="key=value overrides of assets/configs/shapes-dpo.yaml, e.g. train.beta=1000")
+    demo.add_argument("overrides", nargs="*",
+                      help="key=value overrides of assets/configs/shapes-dpo.yaml (dpo and rank-dpo), e.g. "
+                           "train.beta=1000; METHOD:key=value for one method, e.g. draft-k:train.max_steps=30")
 
     train = commands.add_parser("train", help="train a model")
     train.add_argument("method", choices=["dpo", "sft", "rank-dpo", "curriculum-dpo", "draft", "d3po"])
@@ -429,6 +434,7 @@ def _run(args) -> int:
         settings = DemoSettings(train_prompts=args.train_prompts, images_per_prompt=args.images_per_prompt,
                                 eval_images_per_prompt=args.eval_images_per_prompt, eval_limit=args.eval_limit,
                                 num_inference_steps=args.inference_steps, dpo_steps=args.steps, seed=args.seed,
+                                methods=tuple(method.strip() for method in args.methods.split(",") if method.strip()),
                                 **({"model": args.model} if args.model else {}),
                                 **({"margin": args.margin} if args.margin is not None else {}))
         run_demo(args.out, settings, args.overrides)

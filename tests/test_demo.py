@@ -2,15 +2,20 @@
 
 import json
 
+import pytest
+
 from diffalign.cli import main
+from diffalign.demo import split_overrides
+
+SHORT = ["--train-prompts", "3", "--images-per-prompt", "3", "--eval-limit", "3", "--eval-images-per-prompt", "1",
+         "--inference-steps", "4"]
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    args = ["demo", "--out", str(tmp_path), "--steps", "2", "--train-prompts", "3", "--images-per-prompt", "3",
-            "--eval-limit", "3", "--eval-images-per-prompt", "1", "--inference-steps", "4", "train.batch_size=2"]
+    args = ["demo", "--out", str(tmp_path), "--steps", "2", *SHORT, "train.batch_size=2"]
     assert main(args) == 0
     summary = json.loads((tmp_path / "demo_summary.json").read_text())
-    assert summary["final_training_metrics"]["step"] == 2
+    assert summary["methods"]["dpo"]["final_training_metrics"]["step"] == 2
     pairs = (tmp_path / "samples" / "pairs.jsonl").read_text().splitlines()
     assert len(pairs) == summary["labels"]["pairs"] > 0
     samples = summary["labels"]["samples"]["shapes-checker"]
@@ -18,10 +23,40 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert (tmp_path / "dpo" / "pytorch_lora_weights.safetensors").is_file()
     for scorer in ("shapes-clip", "shapes-checker", "shapes-checker-fraction"):
         result = summary["held_out"][scorer]
-        assert result["base"]["n"] == result["dpo"]["n"] == 3
-        assert 0 <= result["dpo_vs_base"]["win_rate"]["rate"] <= 1
+        assert result["base"]["n"] == result["methods"]["dpo"]["aligned"]["n"] == 3
+        assert 0 <= result["methods"]["dpo"]["vs_base"]["win_rate"]["rate"] <= 1
     report = (tmp_path / "report" / "index.html").read_text()
     assert "Diffusion-DPO training curves" in report and "grids/grid.png" in report
     assert (tmp_path / "report" / "plots" / "figure-00.png").is_file()
     printed = capsys.readouterr().out
     assert "diffalign demo finished" in printed and str(tmp_path / "report" / "index.html") in printed
+
+
+def test_demo_trains_and_compares_every_method(tmp_path):
+    online = [f"{method}:{setting}" for method in ("draft-k", "d3po")
+              for setting in ("train.max_steps=1", "train.batch_size=2" if method == "draft-k" else
+                              "train.rollout_prompts=2")]
+    args = ["demo", "--out", str(tmp_path), "--steps", "1", "--methods", "dpo,rank-dpo,draft-k,d3po", *SHORT,
+            "train.batch_size=1", *online]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "demo_summary.json").read_text())
+    methods = ["dpo", "rank-dpo", "draft-k", "d3po"]
+    assert list(summary["methods"]) == methods
+    for method in methods:
+        assert summary["methods"][method]["final_training_metrics"]["step"] == 1
+        assert (tmp_path / method / "pytorch_lora_weights.safetensors").is_file()
+        assert summary["held_out"]["shapes-checker"]["methods"][method]["aligned"]["n"] == 3
+    ranked = [json.loads(line) for line in (tmp_path / "samples" / "ranked.jsonl").read_text().splitlines()]
+    assert len(ranked) == 3 and all(len(record["images"]) == 3 for record in ranked)
+    report = (tmp_path / "report" / "index.html").read_text()
+    for title in ("Diffusion-DPO", "RankDPO", "DRaFT-K", "D3PO"):
+        assert f"{title}" in report
+
+
+def test_demo_overrides_go_to_the_methods_they_name():
+    routed = split_overrides(["train.beta=1000", "draft-k:train.max_steps=5", "rank-dpo:ranked.weighting=uniform"],
+                             ["dpo", "rank-dpo", "draft-k"])
+    assert routed == {"dpo": ["train.beta=1000"], "rank-dpo": ["train.beta=1000", "ranked.weighting=uniform"],
+                      "draft-k": ["train.max_steps=5"]}
+    with pytest.raises(ValueError, match="names method 'd3po', which is not among"):
+        split_overrides(["d3po:train.max_steps=1"], ["dpo"])

@@ -66,12 +66,28 @@ def _run_script(name: str, args: list[str], monkeypatch) -> None:
 
 
 def test_pretrain_scripts_run_resume_and_write_loadable_folders(tmp_path, monkeypatch):
-    _run_script("pretrain_tiny_scorer.py", ["--out", str(tmp_path / "clip"), "--work", str(tmp_path / "clip-work"),
-                                            "--steps", "2", "--eval-every", "2", "--eval-scenes", "8"], monkeypatch)
-    _run_script("pretrain_tiny_scorer.py", ["--out", str(tmp_path / "clip"), "--work", str(tmp_path / "clip-work"),
-                                            "--steps", "3", "--eval-every", "3", "--eval-scenes", "8"], monkeypatch)
+    scorer_args = ["--out", str(tmp_path / "clip"), "--work", str(tmp_path / "clip-work"), "--eval-scenes", "8"]
+    _run_script("pretrain_tiny_scorer.py", [*scorer_args, "--steps", "2", "--eval-every", "2",
+                                            "--preference-steps", "0"], monkeypatch)
+    _run_script("pretrain_tiny_scorer.py", [*scorer_args, "--steps", "3", "--eval-every", "3",
+                                            "--preference-steps", "0"], monkeypatch)
     steps = [json.loads(line)["step"] for line in (tmp_path / "clip-work" / "log.jsonl").read_text().splitlines()]
     assert steps == [2, 3]  # the second run resumed at step 2
+    assert "model_samples_after_preferences" not in json.loads((tmp_path / "clip" / "pretrain_report.json").read_text())
+    # the PickScore-style stage on the shipped pipeline's samples, the checker as the rater
+    _run_script("pretrain_tiny_scorer.py", [*scorer_args, "--steps", "3", "--eval-every", "3",
+                                            "--pipeline", str(asset("models", "shapes-sd")), "--preference-steps", "3",
+                                            "--preference-captions", "6", "--preference-images", "3",
+                                            "--validation-captions", "2", "--preference-pairs", "4"], monkeypatch)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "clip-work" / "log.jsonl").read_text().splitlines()]
+    assert steps == [2, 3]  # the contrastive stage was done: only the preference stage ran
+    preference_log = (tmp_path / "clip-work" / "preference-log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in preference_log] == [3]
+    report = json.loads((tmp_path / "clip" / "pretrain_report.json").read_text())
+    assert report["preference_pairs"] > 0 and report["validation_captions"] == 2
+    after = report["model_samples_after_preferences"]
+    assert 0 <= after["pair_agreement_with_checker"] <= 1
+    assert after["checker_all_right_mean"] <= after["checker_all_right_oracle_best_of_k"]
     scores = get_scorer(f"shapes-clip:model={tmp_path / 'clip'}")([shapes.render(shapes.sample_scene(random.Random(0)),
                                                                                   random.Random(0))], "a red circle")
     assert scores.shape == (1,) and torch.isfinite(scores).all()
