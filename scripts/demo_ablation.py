@@ -2,7 +2,7 @@
 
     python scripts/demo_ablation.py pool --out outputs/ablation             # 256 captions x 8 images, scored
     python scripts/demo_ablation.py variant NAME --captions 256 --images 4 --out outputs/ablation \\
-        [--selection all|best-worst] [--margin 2] [--pairs FILE] [key=value ...]
+        [--selection all|best-worst] [--margin 2] [--label-scorer SPEC] [--pairs FILE] [key=value ...]
     python scripts/demo_ablation.py ground-truth --out outputs/ablation    # pairs whose winner is a true render
     python scripts/demo_ablation.py synth --captions 128 --images 4 --out outputs/ranked   # ranked data + pairs
     python scripts/demo_ablation.py variant NAME --ranked FILE --out outputs/ranked [key=value ...]   # RankDPO
@@ -153,7 +153,8 @@ def write_person_labels(folder: Path) -> Path:
 
 
 def run_variant(out: Path, name: str, captions: int, images: int, selection: str, margin: float,
-                pairs_file: str | None, ranked_file: str | None, overrides: list[str], trainer: str = "dpo") -> dict:
+                pairs_file: str | None, ranked_file: str | None, overrides: list[str], trainer: str = "dpo",
+                label_scorer: str = SCORER) -> dict:
     start = time.perf_counter()
     folder = out / name
     for stale in ("dpo", "held-out", "train-eval"):
@@ -172,7 +173,14 @@ def run_variant(out: Path, name: str, captions: int, images: int, selection: str
         pool = read_scores(out / "pool")
         keep = pool["prompt_id"].isin(list(dict.fromkeys(pool["prompt_id"]))[:captions]) & (pool["sample"] < images)
         table = pool[keep].assign(image=lambda t: [str((out / "pool" / image).resolve()) for image in t["image"]])
-        labels = write_pairs(table, folder, SCORER, margin, selection)
+        if label_scorer not in table.columns:  # e.g. a preference-tuned scorer: shapes-clip:model=FOLDER
+            from PIL import Image
+
+            from diffalign.scorers import get_scorer
+
+            images = [Image.open(path).convert("RGB") for path in table["image"]]
+            table[label_scorer] = get_scorer(label_scorer, device="cpu")(images, table["prompt"].tolist()).tolist()
+        labels = write_pairs(table, folder, label_scorer, margin, selection)
     from diffalign.training import train_dpo
 
     if trainer == "dpo":
@@ -189,6 +197,7 @@ def run_variant(out: Path, name: str, captions: int, images: int, selection: str
     else:
         pipeline = load_eval_pipeline(MODEL, device="cpu", unet=str(folder / "dpo" / "unet"))
     result = {"name": name, "captions": captions, "images": images, "selection": selection, "margin": margin,
+              "label_scorer": label_scorer,
               "pairs_file": pairs_file, "ranked_file": ranked_file, "trainer": trainer, "overrides": overrides,
               "labels": labels, "final_loss": final.get("loss"), "final": final}
     evaluations = [("held_out", load_prompt_set("shapes-demo"), 1000),
@@ -215,6 +224,9 @@ def main() -> None:
     parser.add_argument("--selection", default="all", choices=["all", "best-worst"])
     parser.add_argument("--margin", type=float, default=2.0)
     parser.add_argument("--pairs", help="train on this pairs JSONL instead of labelling the pool")
+    parser.add_argument("--label-scorer", default=SCORER,
+                        help="scorer spec that labels the pool's pairs: a column of pool/scores.csv (shapes-clip, "
+                             "shapes-checker-fraction for oracle labels) or any scorer spec, scored on the fly")
     parser.add_argument("--ranked", help="train ranked DPO on this ranked JSONL instead of pairs")
     parser.add_argument("--trainer", choices=["dpo", "draft", "d3po"], default="dpo",
                         help="draft / d3po: the online trainers with assets/configs/tiny-{draft,d3po}.yaml")
@@ -234,7 +246,7 @@ def main() -> None:
         parser.error("variant needs a NAME")
     else:
         run_variant(out, args.name, args.captions, args.images, args.selection, args.margin, args.pairs, args.ranked,
-                    overrides, args.trainer)
+                    overrides, args.trainer, args.label_scorer)
 
 
 if __name__ == "__main__":

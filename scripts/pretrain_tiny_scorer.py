@@ -13,11 +13,20 @@ is what preference labelling needs:
 - images are blurred and noised at random so that the imperfect samples of a diffusion model
   are in the training distribution.
 
+Optionally (``--preference-steps N``), a second, PickScore-style stage: samples of ``--pipeline``
+(the demo's sampling settings) for captions outside the held-out ``shapes-demo`` set, rated by the
+shapes checker standing in for people; every two samples of a caption with different shares of
+attributes right make a pair, trained with ``-log sigmoid(s_preferred - s_rejected)`` plus the
+contrastive loss on rendered scenes (so that it does not forget them). Agreement with the checker on
+captions kept out of that stage is reported before and after. The shipped scorer has no such stage
+(docs/embedded-model.md says what it changed).
+
 The folder is a standard CLIP model + processor folder, loaded by the ``shapes-clip`` scorer
 (PickScore's formula: ``logit_scale.exp() * cos``). Held-out numbers go to
 ``<out>/pretrain_report.json``. Deterministic for a seed on a given machine.
 
     python scripts/pretrain_tiny_scorer.py --out assets/models/shapes-clip
+    python scripts/pretrain_tiny_scorer.py --out outputs/shapes-clip-pref --preference-steps 600
 """
 
 from __future__ import annotations
@@ -240,7 +249,8 @@ def main() -> None:
     parser.add_argument("--eval-scenes", type=int, default=1000)
     parser.add_argument("--pipeline", default="assets/models/shapes-sd",
                         help="the text-to-image model whose samples the preference stage learns to rank")
-    parser.add_argument("--preference-steps", type=int, default=600, help="0: contrastive pretraining only")
+    parser.add_argument("--preference-steps", type=int, default=0,
+                        help="PickScore-style steps on the pipeline's samples rated by the checker (0: contrastive only, as shipped)")
     parser.add_argument("--preference-captions", type=int, default=400)
     parser.add_argument("--preference-images", type=int, default=4, help="samples per caption")
     parser.add_argument("--preference-pairs", type=int, default=32, help="pairs per preference step")
