@@ -33,7 +33,7 @@ from diffalign.config import load_config
 from diffalign.data.selectors import select_pairs
 from diffalign.evaluation.generate import GenerationSettings, generate_images, load_eval_pipeline, write_text_atomic
 from diffalign.evaluation.prompts import load_prompt_set
-from diffalign.evaluation.runs import compare_runs, report_runs
+from diffalign.evaluation.runs import report_runs
 from diffalign.evaluation.scoring import score_run
 from diffalign.paths import asset
 
@@ -263,13 +263,12 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, overrides: l
     titles = ", ".join(METHODS[method].title for method in methods)
     report = report_runs(runs, out / "report", title=f"diffalign demo: {titles} on the tiny model",
                          grid_prompts=12, grid_samples=2, figures=figures)
-    summaries = {run.name: json.loads((run / "summary.json").read_text()) for run in runs}
-    held_out_results = {}
-    for scorer in (SCORER, CHECKER, CHECKER_FRACTION):
-        held_out_results[scorer] = {"base": summaries["base"]["scorers"][scorer]["overall"], "methods": {
-            method: {"aligned": summaries[method]["scorers"][scorer]["overall"],
-                     "vs_base": compare_runs(run, runs[0])["scorers"][scorer]}
-            for method, run in zip(methods, runs[1:])}}
+    document = json.loads((report.parent / "summary.json").read_text())  # every run, each compared with the base
+    summaries = {summary["run"]: summary for summary in document["runs"]}
+    held_out_results = {scorer: {"base": summaries["base"]["scorers"][scorer]["overall"], "methods": {
+        method: {"aligned": summaries[method]["scorers"][scorer]["overall"], "vs_base": comparison["scorers"][scorer]}
+        for method, comparison in zip(methods, document["comparisons"])}}
+        for scorer in (SCORER, CHECKER, CHECKER_FRACTION)}
     summary = {
         "settings": asdict(settings), "labels": labels, "held_out": held_out_results, "report": str(report),
         "methods": {method: {"config": str(out / method / "config.yaml"), "final_training_metrics": training[method]}

@@ -49,8 +49,13 @@ def test_demo_trains_and_compares_every_method(tmp_path):
     ranked = [json.loads(line) for line in (tmp_path / "samples" / "ranked.jsonl").read_text().splitlines()]
     assert len(ranked) == 3 and all(len(record["images"]) == 3 for record in ranked)
     report = (tmp_path / "report" / "index.html").read_text()
-    for title in ("Diffusion-DPO", "RankDPO", "DRaFT-K", "D3PO"):
-        assert f"{title}" in report
+    for index, title in enumerate(["Diffusion-DPO", "RankDPO (LiPO-lambda weights)", "DRaFT-K", "D3PO"]):
+        assert f"{title} training curves" in report
+        assert (tmp_path / "report" / "plots" / f"figure-{index:02d}.png").is_file()
+    comparisons = json.loads((tmp_path / "report" / "summary.json").read_text())["comparisons"]
+    assert [(item["a"], item["b"]) for item in comparisons] == [(method, "base") for method in methods]
+    assert [summary["held_out"]["shapes-clip"]["methods"][method]["vs_base"] for method in methods] == \
+        [item["scorers"]["shapes-clip"] for item in comparisons]
 
 
 def test_demo_overrides_go_to_the_methods_they_name():
