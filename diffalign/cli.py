@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--steps", type=int, default=200, help="optimizer steps of dpo and rank-dpo")
     demo.add_argument("--methods", default="dpo",
                       help="comma-separated methods to train and compare: dpo, rank-dpo, draft-k, d3po "
-                           "(each adds 2-7 minutes on a 2-core CPU; see docs/embedded-model.md)")
+                           "(each adds several minutes on a 2-core CPU; see docs/embedded-model.md)")
     demo.add_argument("--train-prompts", type=int, default=64, help="training captions drawn from the shapes grammar")
     demo.add_argument("--images-per-prompt", type=int, default=4, help="images generated and ranked per caption")
     demo.add_argument("--eval-images-per-prompt", type=int, default=4, help="held-out images per prompt and model")

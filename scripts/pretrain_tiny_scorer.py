@@ -105,12 +105,10 @@ def contrastive_loss(model, preprocess, tokenizer, rng: random.Random, count: in
     return (F.cross_entropy(scores[:count], targets) + F.cross_entropy(scores.T[:count], targets)) / 2
 
 
-def pair_scores(model, preprocess, tokenizer, winners, losers, captions) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores [P] of each pair's preferred and rejected image for its caption (the scorer's formula)."""
-    image_features, text_features = embed(model, preprocess, tokenizer, winners + losers, captions)
-    scale, count = model.logit_scale.exp(), len(captions)
-    return (scale * (image_features[:count] * text_features).sum(-1),
-            scale * (image_features[count:] * text_features).sum(-1))
+def matched_scores(model, preprocess, tokenizer, images, captions) -> torch.Tensor:
+    """The scorer's score [N] of each image for its own caption: logit_scale.exp() * cos(image_i, caption_i)."""
+    image_features, text_features = embed(model, preprocess, tokenizer, images, captions)
+    return model.logit_scale.exp() * (image_features * text_features).sum(-1)
 
 
 def evaluate(model, preprocess, tokenizer, seed: int, count: int) -> dict:
@@ -179,9 +177,7 @@ def evaluate_on_samples(model, preprocess, tokenizer, table) -> dict:
 
     model.eval()
     with torch.no_grad():
-        image_features, text_features = embed(model, preprocess, tokenizer, table["pil"].tolist(),
-                                              table["prompt"].tolist())
-        scores = (model.logit_scale.exp() * (image_features * text_features).sum(-1)).tolist()
+        scores = matched_scores(model, preprocess, tokenizer, table["pil"].tolist(), table["prompt"].tolist()).tolist()
     model.train()
     table = table.assign(score=scores)
     agree = decided = 0
@@ -281,8 +277,9 @@ def main() -> None:
 
         def preference_loss(rng: random.Random) -> torch.Tensor:
             chosen = rng.sample(pairs, min(args.preference_pairs, len(pairs)))
-            preferred, rejected = pair_scores(model, preprocess, tokenizer, [pair[0] for pair in chosen],
-                                              [pair[1] for pair in chosen], [pair[2] for pair in chosen])
+            winners, losers, captions = zip(*chosen)
+            preferred, rejected = matched_scores(model, preprocess, tokenizer, [*winners, *losers],
+                                                 [*captions, *captions]).chunk(2)
             return (-F.logsigmoid(preferred - rejected).mean()
                     + contrastive_loss(model, preprocess, tokenizer, rng, args.batch_size // 2))
 
