@@ -156,7 +156,7 @@ class CheckpointConfig:
 @dataclass
 class LoggingConfig:
     tracker: str = _opt("tensorboard", "Metrics tracker.", ("tensorboard", "wandb", "none"))
-    every: int = _opt(10, "Log metrics every N optimizer steps.")
+    every: int = _opt(10, "Log every N optimizer steps (D3PO: rounds) the mean of each metric over those N.")
     project: str = _opt("diffalign", "Tracker project name.")
 
 

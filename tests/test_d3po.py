@@ -54,6 +54,18 @@ def test_scorer_mode_trains_after_a_replay_check(tmp_path, tiny_sd, capsys):
     StableDiffusionPipeline.from_pretrained(tiny_sd).load_lora_weights(tmp_path / "run")
 
 
+
+def test_a_logged_row_is_the_mean_over_the_rounds_since_the_last_row(tmp_path, tiny_sd):
+    rows = {}
+    for every in (1, 2):
+        trainer = D3POTrainer(d3po_config(tmp_path / str(every), tiny_sd, f"logging.every={every}"))
+        trainer.setup()
+        trainer.run_steps()
+        rows[every] = [row for row in trainer.history if "loss" in row]
+    assert [row["step"] for row in rows[2]] == [2]
+    for key in ("loss", "pairs", "sample/shapes-clip"):
+        assert rows[2][0][key] == pytest.approx((rows[1][0][key] + rows[1][1][key]) / 2, rel=1e-5), key
+
 def person_labels(folder, annotators=("ana", "ben")):
     """A script standing in for people: ranks every prompt's images by brightness (ana) or its reverse for
     the last image (ben), and marks nothing or the last image bad."""

@@ -76,6 +76,16 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_sd):
     assert resumed.history[-1]["reward"] == pytest.approx(straight.history[-1]["reward"], rel=1e-5)
 
 
+
+def test_a_logged_row_is_the_mean_over_the_steps_since_the_last_row(tmp_path, tiny_sd):
+    common = ["reward.method=draft-k", "prompts.held_out=''"]
+    every_step = trainer_for(reward_config(tmp_path / "a", tiny_sd, *common))
+    every_step.run_steps()
+    every_two = trainer_for(reward_config(tmp_path / "b", tiny_sd, *common, "logging.every=2"))
+    every_two.run_steps()
+    assert [row["step"] for row in every_two.history] == [2]
+    assert every_two.history[0]["reward"] == pytest.approx(sum(r["reward"] for r in every_step.history) / 2, rel=1e-5)
+
 def test_kl_to_the_reference_starts_at_zero_and_grows(tmp_path, tiny_sd):
     trainer = trainer_for(reward_config(tmp_path, tiny_sd, "reward.kl_weight=0.5", "reward.method=draft",
                                         "prompts.held_out=''"))

@@ -289,3 +289,14 @@ def test_min_timestep_beyond_the_schedule_is_a_clear_error(tmp_path, tiny_sd):
 
     with pytest.raises(ConfigError, match="min_timestep=1000 leaves no timestep.*1000 training timesteps"):
         make_trainer(tiny_config(tmp_path, tiny_sd, "train.min_timestep=1000"))
+
+
+def test_a_logged_row_is_the_mean_over_the_steps_since_the_last_row(tmp_path, tiny_sd):
+    common = ["train.max_steps=4", "train.batch_size=2", "cache.enabled=false"]
+    every_step = make_trainer(tiny_config(tmp_path / "a", tiny_sd, *common))
+    every_step.run_steps()
+    every_two = make_trainer(tiny_config(tmp_path / "b", tiny_sd, *common, "logging.every=2"))
+    every_two.run_steps()
+    assert [row["step"] for row in every_two.history] == [2, 4]
+    for row, first, second in zip(every_two.history, every_step.history[::2], every_step.history[1::2]):
+        assert row["loss"] == pytest.approx((first["loss"] + second["loss"]) / 2, rel=1e-6)

@@ -197,16 +197,19 @@ class D3POTrainer:
         progress = tqdm(range(config.train.max_steps), initial=self.global_step, desc="D3PO rounds",
                         disable=not self.accelerator.is_local_main_process)
         make_round = self.human_round if config.d3po.labels == "human" else self.scorer_round
+        window: list[dict[str, torch.Tensor]] = []
+        start = time.perf_counter()
         while self.global_step < config.train.max_steps:
-            start = time.perf_counter()
             trajectory, pairs, metrics = make_round(self.global_step)
             metrics.update(self.train_round(trajectory, pairs, self.global_step))
+            window.append(metrics)
             self.global_step += 1
             progress.update(1)
             if self.global_step % config.logging.every == 0 or self.global_step == config.train.max_steps:
-                row = self.log.reduce([metrics], self.global_step, lr=self.lr_scheduler.get_last_lr()[0],
-                                      seconds=time.perf_counter() - start)
+                row = self.log.reduce(window, self.global_step, lr=self.lr_scheduler.get_last_lr()[0],
+                                      seconds_per_round=(time.perf_counter() - start) / len(window))
                 progress.set_postfix(loss=f"{row['loss']:.4f}", pairs=int(row["pairs"]))
+                window, start = [], time.perf_counter()
             if config.checkpoint.every and self.global_step % config.checkpoint.every == 0:
                 self.save_checkpoint()
             if config.train.evaluate_every and self.global_step % config.train.evaluate_every == 0 \

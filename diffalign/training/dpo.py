@@ -405,7 +405,7 @@ class DPOTrainer:
         progress = tqdm(range(config.train.max_steps), initial=self.global_step, desc="DPO steps",
                         disable=not accelerator.is_local_main_process)
         window: list[dict[str, torch.Tensor]] = []
-        step_start = time.perf_counter()
+        window_steps, window_start = 0, time.perf_counter()
         stage = None
         while self.global_step < config.train.max_steps:
             if self.curriculum and stage != self.curriculum_stage(self.global_step):
@@ -434,12 +434,12 @@ class DPOTrainer:
                     metrics.update(stage_metrics)
                 window.append(metrics)
             self.global_step += 1
+            window_steps += 1
             progress.update(1)
-            elapsed = time.perf_counter() - step_start
             if self.global_step % config.logging.every == 0 or self.global_step == config.train.max_steps:
-                row = self._log(window, elapsed)
+                row = self._log(window, window_steps, time.perf_counter() - window_start)
                 progress.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row.get('implicit_acc', float('nan')):.2f}")
-            window, step_start = [], time.perf_counter()
+                window, window_steps, window_start = [], 0, time.perf_counter()
             if config.checkpoint.every and self.global_step % config.checkpoint.every == 0:
                 self._save_checkpoint()
             if config.validation.prompts and config.validation.every and self.global_step % config.validation.every == 0:
@@ -479,7 +479,8 @@ class DPOTrainer:
             "Usual causes: learning rate too high, fp16 overflow (try model.mixed_precision=bf16), "
             "SDXL VAE in half precision (model.vae_dtype=float32 or the fp16-fix VAE).")
 
-    def _log(self, window: list[dict[str, torch.Tensor]], elapsed: float) -> dict:
+    def _log(self, window: list[dict[str, torch.Tensor]], steps: int, elapsed: float) -> dict:
+        """One row: each metric's mean over the ``steps`` optimizer steps since the last row."""
         accelerator = self.accelerator
         keys = window[0].keys() | {k for m in window for k in m}
         row: dict = {"step": self.global_step}
@@ -487,7 +488,7 @@ class DPOTrainer:
             values = torch.stack([m[key].float() for m in window if key in m]).mean()
             row[key] = accelerator.reduce(values.to(accelerator.device), reduction="mean").item()
         row["lr"] = self.lr_scheduler.get_last_lr()[0]
-        row["pairs_per_s"] = self.total_batch_size / max(elapsed, 1e-9)
+        row["pairs_per_s"] = steps * self.total_batch_size / max(elapsed, 1e-9)
         if torch.cuda.is_available():
             row["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         self.history.append(row)

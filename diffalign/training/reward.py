@@ -181,7 +181,7 @@ class RewardTrainer:
         progress = tqdm(range(config.train.max_steps), initial=self.global_step, desc=f"{config.reward.method} steps",
                         disable=not accelerator.is_local_main_process)
         window: list[dict[str, torch.Tensor]] = []
-        start = time.perf_counter()
+        window_steps, start = 0, time.perf_counter()
         while self.global_step < config.train.max_steps:
             for _ in range(config.train.gradient_accumulation_steps):
                 position, prompts = next(batches)
@@ -200,11 +200,12 @@ class RewardTrainer:
                     self.optimizer.zero_grad(set_to_none=True)
                 window.append(metrics)
             self.global_step += 1
+            window_steps += 1
             progress.update(1)
             if self.global_step % config.logging.every == 0 or self.global_step == config.train.max_steps:
-                row = self._log(window, time.perf_counter() - start)
+                row = self._log(window, window_steps, time.perf_counter() - start)
                 progress.set_postfix(reward=f"{row['reward']:.4f}")
-            window, start = [], time.perf_counter()
+                window, window_steps, start = [], 0, time.perf_counter()
             if config.checkpoint.every and self.global_step % config.checkpoint.every == 0:
                 self.save_checkpoint()
             if config.train.evaluate_every and self.global_step % config.train.evaluate_every == 0 \
@@ -216,8 +217,9 @@ class RewardTrainer:
         self.accelerator.step = self.global_step * self.config.train.gradient_accumulation_steps
         return self.checkpoints.save(self.accelerator, self.global_step, {})
 
-    def _log(self, window: list[dict[str, torch.Tensor]], elapsed: float) -> dict:
-        samples = self.config.train.batch_size * self.config.train.gradient_accumulation_steps * \
+    def _log(self, window: list[dict[str, torch.Tensor]], steps: int, elapsed: float) -> dict:
+        """One row: each metric's mean over the ``steps`` optimizer steps since the last row."""
+        samples = steps * self.config.train.batch_size * self.config.train.gradient_accumulation_steps * \
             self.accelerator.num_processes
         return self.log.reduce(window, self.global_step, lr=self.lr_scheduler.get_last_lr()[0],
                                samples_per_s=samples / max(elapsed, 1e-9))
