@@ -32,6 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from diffalign.data.pairs import DataError
+from diffalign.jsonl import jsonl_rows
 from diffalign.sampling import Trajectory
 
 LABELS_FILE = "labels.jsonl"
@@ -132,14 +133,8 @@ def read_labels(folder: str | Path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: no labels yet; label the images with `diffalign label serve {folder}`.")
     latest: dict[tuple[str, str], dict] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{number}: not JSON ({error})") from error
-        label = check_label(row, prompts, f"{path}:{number}")
+    for where, row in jsonl_rows(path, DataError):
+        label = check_label(row, prompts, where)
         latest[(label["annotator"], label["prompt_id"])] = label
     return list(latest.values())
 

@@ -66,7 +66,7 @@ def test_bad_records_name_file_line_and_problem(tmp_path, images, row, message):
 
 
 def test_not_json_and_empty_files_are_errors(tmp_path):
-    with pytest.raises(DataError, match="x.jsonl:1: not JSON"):
+    with pytest.raises(DataError, match="x.jsonl:1: not valid JSON"):
         read_ranked_jsonl(write_lines(tmp_path / "x.jsonl", ["{nope"]))
     with pytest.raises(DataError, match="no ranked records"):
         read_ranked_jsonl(write_lines(tmp_path / "y.jsonl", [""]))

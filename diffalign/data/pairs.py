@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from PIL import Image
 
 from diffalign.config import DataConfig
 from diffalign.data.transforms import PairTransform
+from diffalign.jsonl import jsonl_rows
 
 REQUIRED_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0")
 COLUMNS = ("caption", "image_0", "image_1", "label_0")  # normalised table columns = JSONL keys
@@ -262,42 +262,34 @@ def load_pairs_jsonl(path: Path) -> datasets.Dataset:
     columns: dict[str, list] = {key: [] for key in COLUMNS}
     gaps: list[float] = []
     with_gap: bool | None = None  # set by the first line: every line gives "gap" or none does
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{where}: not valid JSON: {error}") from error
-            if not isinstance(record, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}.")
-            missing = [key for key in COLUMNS if key not in record]
-            if missing:
-                raise DataError(f"{where}: missing key(s) {', '.join(missing)}; found {', '.join(record) or '(none)'}.")
-            if not isinstance(record["caption"], str):
-                raise DataError(f"{where}: key caption must be a string, got {record['caption']!r}.")
-            label = record["label_0"]
-            if isinstance(label, bool) or not isinstance(label, (int, float)) or not 0.0 <= label <= 1.0:
-                raise DataError(f"{where}: key label_0 must be a number in [0, 1], got {label!r}.")
-            with_gap = ("gap" in record) if with_gap is None else with_gap
-            if ("gap" in record) != with_gap:
-                raise DataError(f"{where}: key gap is given on some lines and not on others; give it on all or none.")
-            if with_gap:
-                gap = record["gap"]
-                if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not 0.0 <= gap < float("inf"):
-                    raise DataError(f"{where}: key gap (the pair's difficulty gap) must be a number >= 0, got {gap!r}.")
-                gaps.append(float(gap))
-            columns["caption"].append(record["caption"])
-            columns["label_0"].append(float(label))
-            for key in ("image_0", "image_1"):
-                if not isinstance(record[key], str) or not record[key]:
-                    raise DataError(f"{where}: key {key} must be an image path, got {record[key]!r}.")
-                image = folder / record[key]
-                if not image.is_file():
-                    raise DataError(f"{where}: key {key}: image file not found: {image}")
-                columns[key].append(str(image))
+    for where, record in jsonl_rows(path, DataError):
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}.")
+        missing = [key for key in COLUMNS if key not in record]
+        if missing:
+            raise DataError(f"{where}: missing key(s) {', '.join(missing)}; found {', '.join(record) or '(none)'}.")
+        if not isinstance(record["caption"], str):
+            raise DataError(f"{where}: key caption must be a string, got {record['caption']!r}.")
+        label = record["label_0"]
+        if isinstance(label, bool) or not isinstance(label, (int, float)) or not 0.0 <= label <= 1.0:
+            raise DataError(f"{where}: key label_0 must be a number in [0, 1], got {label!r}.")
+        with_gap = ("gap" in record) if with_gap is None else with_gap
+        if ("gap" in record) != with_gap:
+            raise DataError(f"{where}: key gap is given on some lines and not on others; give it on all or none.")
+        if with_gap:
+            gap = record["gap"]
+            if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not 0.0 <= gap < float("inf"):
+                raise DataError(f"{where}: key gap (the pair's difficulty gap) must be a number >= 0, got {gap!r}.")
+            gaps.append(float(gap))
+        columns["caption"].append(record["caption"])
+        columns["label_0"].append(float(label))
+        for key in ("image_0", "image_1"):
+            if not isinstance(record[key], str) or not record[key]:
+                raise DataError(f"{where}: key {key} must be an image path, got {record[key]!r}.")
+            image = folder / record[key]
+            if not image.is_file():
+                raise DataError(f"{where}: key {key}: image file not found: {image}")
+            columns[key].append(str(image))
     if gaps:
         features = datasets.Features({**_JSONL_FEATURES, "gap": datasets.Value("float64")})
         return datasets.Dataset.from_dict({**columns, "gap": gaps}, features=features)

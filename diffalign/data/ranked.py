@@ -29,6 +29,7 @@ from typing import Iterable, Sequence
 import torch
 
 from diffalign.data.pairs import DataError, item_rng, open_pair_image
+from diffalign.jsonl import jsonl_rows
 from diffalign.scorers.ensemble import win_fractions
 
 _LIST_KEYS = ("labels", "scores", "ranks", "sources", "seeds")
@@ -117,14 +118,8 @@ def read_ranked_jsonl(path: str | Path, check_files: bool = True) -> list[Ranked
     if not path.is_file():
         raise DataError(f"{path}: ranked JSONL file not found.")
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{number}: not JSON ({error})") from error
-        records.append(record_from_json(row, f"{path}:{number}", path.resolve().parent, check_files))
+    for where, row in jsonl_rows(path, DataError):
+        records.append(record_from_json(row, where, path.resolve().parent, check_files))
     if not records:
         raise DataError(f"{path}: no ranked records.")
     return records

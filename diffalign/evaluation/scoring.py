@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from diffalign.evaluation.generate import write_text_atomic
 from diffalign.evaluation.prompts import PromptSet
 from diffalign.evaluation.tables import MANIFEST_COLUMNS, UNKNOWN_SEED
+from diffalign.jsonl import jsonl_rows
 from diffalign.scorers import get_scorer, parse_scorer_spec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -37,16 +38,10 @@ def read_manifest(run_dir: str | Path) -> pd.DataFrame:
         raise RunFolderError(f"{path} not found: {run_dir} is not a run folder (make one with `diffalign eval "
                              "generate` or `diffalign eval import`)")
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise RunFolderError(f"{path}:{number}: not JSON ({error})") from error
+    for where, row in jsonl_rows(path, RunFolderError):
         missing = [c for c in MANIFEST_COLUMNS if c not in row]
         if missing:
-            raise RunFolderError(f"{path}:{number}: missing keys {missing}")
+            raise RunFolderError(f"{where}: missing keys {missing}")
         rows.append({c: row[c] for c in MANIFEST_COLUMNS})
     table = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     return table.astype({"image": str, "prompt_id": str, "prompt": str, "category": str})
