@@ -169,6 +169,12 @@ def palette_labels(image: Image.Image) -> np.ndarray:
     return distances.argmin(-1)
 
 
+def object_area_fraction(image: Image.Image) -> float:
+    """Share of the image's pixels, in [0, 1], whose nearest palette colour is not the background
+    (every object together, speckle included; the caption plays no part)."""
+    return float((palette_labels(image) != 0).mean())
+
+
 def check(image: Image.Image, caption: str) -> CheckResult:
     """Check each object the caption names against the image (see the module docstring)."""
     labels = palette_labels(image)

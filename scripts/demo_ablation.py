@@ -15,7 +15,8 @@ the base model's images for the held-out ``shapes-demo`` captions (4 seeds) and 
 captions with new seeds. ``variant`` labels pairs from the first ``--captions`` captions and first
 ``--images`` images of each (or takes ``--pairs``), trains DPO with assets/configs/shapes-dpo.yaml
 plus the overrides, generates the aligned images on both prompt sets with the same seeds, and
-appends paired differences and win rates against the base to ``OUT/results.jsonl``.
+appends paired differences and win rates against the base to ``OUT/results.jsonl`` (for the three
+demo scorers, and for ``--label-scorer`` when it is another one, e.g. ``shapes-area``).
 
 ``synth`` makes the data of the DPO / RankDPO / Curriculum DPO comparison (docs/embedded-model.md)
 with ``diffalign data synth``'s code: ``--images`` samples for each of the first ``--captions``
@@ -43,6 +44,7 @@ from diffalign.evaluation.prompts import load_prompt_set
 from diffalign.evaluation.runs import compare_runs
 from diffalign.evaluation.scoring import read_scores, score_run
 from diffalign.paths import asset
+from diffalign.scorers import parse_scorer_spec
 
 MODEL = str(asset("models", "shapes-sd"))
 GENERATION = dict(num_inference_steps=20, guidance_scale=5.0, height=64, width=64, batch_size=32)
@@ -55,10 +57,11 @@ def prompt_file(path: Path, captions: list[str]):
     return load_prompt_set(f"jsonl:{path}")
 
 
-def generate_and_score(pipeline, prompts, run: Path, images: int, seed: int, name: str) -> Path:
+def generate_and_score(pipeline, prompts, run: Path, images: int, seed: int, name: str,
+                       scorers: list[str] = SCORERS) -> Path:
     settings = GenerationSettings(images_per_prompt=images, seed=seed, **GENERATION)
     generate_images(pipeline, prompts, run, settings, run_info={"model": MODEL, "name": name})
-    score_run(run, SCORERS)
+    score_run(run, scorers)
     return run
 
 
@@ -202,11 +205,18 @@ def run_variant(out: Path, name: str, captions: int, images: int, selection: str
               "labels": labels, "final_loss": final.get("loss"), "final": final}
     evaluations = [("held_out", load_prompt_set("shapes-demo"), 1000),
                    ("train_eval", load_prompt_set(f"jsonl:{out / 'train-eval-prompts.jsonl'}"), 2000)]
+    label_name = parse_scorer_spec(label_scorer)[0]
+    known = {parse_scorer_spec(spec)[0] for spec in SCORERS}
+    scorers = SCORERS if trainer != "dpo" or label_name in known else [*SCORERS, label_scorer]
     for tag, prompts, seed in evaluations:
-        run = generate_and_score(pipeline, prompts, folder / tag.replace("_", "-"), 4, seed, "dpo")
-        comparison = compare_runs(run, out / f"{tag.replace('_', '-')}-base")
-        result[tag] = {scorer: {"difference": comparison["scorers"][scorer]["mean_difference"],
-                                "win_rate": comparison["scorers"][scorer]["win_rate"]} for scorer in SCORERS}
+        run_name = tag.replace("_", "-")
+        run = generate_and_score(pipeline, prompts, folder / run_name, 4, seed, "dpo", scorers)
+        base = out / f"{run_name}-base"
+        score_run(base, scorers)  # scores the base with a new label scorer too (e.g. shapes-area)
+        comparison = compare_runs(run, base)
+        result[tag] = {name: {"difference": comparison["scorers"][name]["mean_difference"],
+                              "win_rate": comparison["scorers"][name]["win_rate"]}
+                       for name in (parse_scorer_spec(spec)[0] for spec in scorers)}
     result["minutes"] = (time.perf_counter() - start) / 60
     with (out / "results.jsonl").open("a") as handle:
         handle.write(json.dumps(result, default=str) + "\n")

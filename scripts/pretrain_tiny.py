@@ -51,10 +51,12 @@ def build_vae() -> AutoencoderKL:
                          layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=shapes.SIZE)
 
 
-def build_unet(cross_attention_dim: int) -> UNet2DConditionModel:
+def build_unet(cross_attention_dim: int, channels: tuple[int, ...] = (64, 128)) -> UNet2DConditionModel:
+    """One cross-attention level per entry of ``channels`` (16x16 latents; (64, 128): down to 8x8)."""
     return UNet2DConditionModel(sample_size=shapes.SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=[64, 128], norm_num_groups=16,
-                                down_block_types=["CrossAttnDownBlock2D"] * 2, up_block_types=["CrossAttnUpBlock2D"] * 2,
+                                block_out_channels=list(channels), norm_num_groups=16,
+                                down_block_types=["CrossAttnDownBlock2D"] * len(channels),
+                                up_block_types=["CrossAttnUpBlock2D"] * len(channels),
                                 attention_head_dim=8, cross_attention_dim=cross_attention_dim)
 
 
@@ -171,10 +173,10 @@ def make_pipeline(vae, text_encoder, tokenizer, unet) -> StableDiffusionPipeline
 
 
 def train_unet(work: Path, vae: AutoencoderKL, tokenizer, latents: torch.Tensor, captions: list[str], steps: int,
-               batch_size: int, seed: int, eval_every: int, eval_images: int):
+               batch_size: int, seed: int, eval_every: int, eval_images: int, channels: tuple[int, ...] = (64, 128)):
     torch.manual_seed(seed)
     text_encoder = build_text_encoder(len(tokenizer), tokenizer.model_max_length)
-    unet = build_unet(text_encoder.config.hidden_size)
+    unet = build_unet(text_encoder.config.hidden_size, channels)
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=5e-4, weight_decay=0.01)
     ema = EMAModel(parameters, decay=0.999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
@@ -241,6 +243,8 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=40000, help="captioned scenes encoded for the UNet stage")
     parser.add_argument("--steps", type=int, default=1200, help="UNet + text encoder steps")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--unet-channels", default="64,128",
+                        help="UNet channels per level, comma-separated (one cross-attention level each)")
     parser.add_argument("--eval-every", type=int, default=300)
     parser.add_argument("--eval-images", type=int, default=256, help="held-out captions for the final checker numbers")
     args = parser.parse_args()
@@ -249,15 +253,16 @@ def main() -> None:
     tokenizer = write_word_tokenizer(work / "tokenizer", shapes.WORDS)
     vae = train_vae(work, args.vae_steps, args.vae_batch_size, args.seed).eval()
     latents, captions = encode_dataset(work, vae, args.scenes, args.seed)
+    channels = tuple(int(value) for value in args.unet_channels.split(","))
     text_encoder, unet = train_unet(work, vae, tokenizer, latents, captions, args.steps, args.batch_size, args.seed,
-                                    args.eval_every, min(64, args.eval_images))
+                                    args.eval_every, min(64, args.eval_images), channels)
     pipeline = make_pipeline(vae, text_encoder, tokenizer, unet)
     with replacing_folder(out) as tmp:
         pipeline.save_pretrained(tmp, safe_serialization=True)
         evaluation = {f"guidance_{scale:g}": sample_and_check(pipeline, args.eval_images, args.seed + 100, scale)
                       for scale in (1.0, 3.0, 5.0, 7.5)}
         report = {"seed": args.seed, "vae_steps": args.vae_steps, "scenes": args.scenes, "unet_steps": args.steps,
-                  "batch_size": args.batch_size, "held_out_checker": evaluation,
+                  "batch_size": args.batch_size, "unet_channels": list(channels), "held_out_checker": evaluation,
                   "chance_color": 1 / len(shapes.COLORS), "chance_shape": 1 / len(shapes.SHAPES)}
         (tmp / "pretrain_report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

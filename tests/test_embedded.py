@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from PIL import Image
 
 from diffalign import shapes
 from diffalign.paths import asset
@@ -60,6 +61,19 @@ def test_checker_scorers_score_ground_truth_and_wrong_images():
         checker(torch.rand(1, 3, 64, 64), "a red circle", path="tensor")
 
 
+def test_area_scorer_is_the_share_of_object_pixels():
+    blank = Image.new("RGB", (64, 64), shapes.BACKGROUND)
+    rectangle = blank.copy()
+    rectangle.paste(shapes.COLORS["red"], (10, 20, 30, 36))  # 20 x 16 pixels
+    large = shapes.Scene((shapes.ShapeSpec("blue", "square", "large", "center"),), "a large blue square")
+    small = shapes.Scene((shapes.ShapeSpec("blue", "square", "small", "center"),), "a small blue square")
+    images = [blank, rectangle, shapes.render(large, random.Random(0)), shapes.render(small, random.Random(0))]
+    scores = get_scorer("shapes-area")(images).tolist()
+    assert scores[:2] == [0.0, pytest.approx(320 / 4096)]
+    assert scores[2] > 2 * scores[3] > 0
+    assert get_scorer("shapes-area")(images, ["ignored"] * 4).tolist() == scores
+
+
 def _run_script(name: str, args: list[str], monkeypatch) -> None:
     monkeypatch.setattr(sys, "argv", [name, *args])
     runpy.run_path(str(asset("..", "scripts", name)), run_name="__main__")
@@ -94,10 +108,24 @@ def test_pretrain_scripts_run_resume_and_write_loadable_folders(tmp_path, monkey
 
     _run_script("pretrain_tiny.py", ["--out", str(tmp_path / "sd"), "--work", str(tmp_path / "sd-work"),
                                      "--vae-steps", "2", "--vae-batch-size", "4", "--scenes", "32", "--steps", "2",
-                                     "--batch-size", "4", "--eval-every", "2", "--eval-images", "2"], monkeypatch)
+                                     "--batch-size", "4", "--eval-every", "2", "--eval-images", "2",
+                                     "--unet-channels", "16,32,32"], monkeypatch)
     report = json.loads((tmp_path / "sd" / "pretrain_report.json").read_text())
     assert set(report["held_out_checker"]) == {"guidance_1", "guidance_3", "guidance_5", "guidance_7.5"}
+    assert report["unet_channels"] == [16, 32, 32]
     pipeline = StableDiffusionPipeline.from_pretrained(tmp_path / "sd")
+    assert pipeline.unet.config.block_out_channels == [16, 32, 32]
     assert pipeline.vae.config.scaling_factor != 0.18215  # set from the latents' std
     image = pipeline("a red circle", num_inference_steps=2, output_type="np").images[0]
     assert image.shape == (shapes.SIZE, shapes.SIZE, 3)
+
+
+def test_word_probe_finds_the_words_the_shipped_denoiser_uses():
+    module = runpy.run_path(str(asset("..", "scripts", "probe_caption_words.py")))
+    assert [module["swap_word"](word) for word in ("left", "center", "small", "orange", "circle")] == [
+        "right", "left", "large", "red", "square"]
+    pipeline = StableDiffusionPipeline.from_pretrained(asset("models", "shapes-sd"))
+    ratios = module["word_sensitivity"](pipeline, scenes=48, seed=5, batch_size=48)
+    assert set(ratios) == {"colour", "shape", "size", "position"}
+    assert ratios["colour"]["t>=500"] > 1.5 and ratios["shape"]["t>=500"] > 1.3
+    assert abs(ratios["position"]["t>=500"] - 1) < 0.05  # the shipped model ignores position words

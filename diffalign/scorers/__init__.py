@@ -5,7 +5,7 @@ for the two preprocessing paths and docs/scorers.md for each scorer's definition
 """
 
 from diffalign.scorers.base import Scorer, ScorerLoadError
-from diffalign.scorers.checker import ShapesChecker
+from diffalign.scorers.checker import ShapesArea, ShapesChecker
 from diffalign.scorers.clip import AestheticHead, AestheticScorer, ClipSimilarity
 from diffalign.scorers.ensemble import ScorerEnsemble, win_fractions, zscore_mean
 from diffalign.scorers.hps import OpenClipSimilarity
@@ -14,7 +14,7 @@ from diffalign.scorers.preprocess import ClipPreprocess, pil_to_tensor, tensor_t
 from diffalign.scorers.registry import (ScorerSpecError, UnknownScorerError, available_scorers, get_scorer,
                                         parse_scorer_spec, register_scorer, scorer_entry)
 
-__all__ = ["AestheticHead", "AestheticScorer", "ClipPreprocess", "ClipSimilarity", "JpegSizeScorer", "ShapesChecker",
+__all__ = ["AestheticHead", "AestheticScorer", "ClipPreprocess", "ClipSimilarity", "JpegSizeScorer", "ShapesArea", "ShapesChecker",
            "OpenClipSimilarity", "Scorer", "ScorerEnsemble", "ScorerLoadError", "available_scorers",
            "get_scorer", "jpeg_size_kb", "parse_scorer_spec", "pil_to_tensor", "register_scorer",
            "scorer_entry", "tensor_to_pil", "ScorerSpecError", "UnknownScorerError", "win_fractions", "zscore_mean"]

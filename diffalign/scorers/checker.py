@@ -1,5 +1,9 @@
 """The shapes checker (:func:`diffalign.shapes.check`) as a scorer, so the evaluation commands report it
-beside the learned scorers. Programmatic, not differentiable; prompts must be shapes captions."""
+beside the learned scorers. Programmatic, not differentiable; prompts must be shapes captions.
+
+Also the shapes area (:func:`diffalign.shapes.object_area_fraction`): a preference any model of the
+shapes world can express whatever the caption (bigger objects), used to check that a trainer moves
+a model at all (docs/embedded-model.md)."""
 
 from __future__ import annotations
 
@@ -31,3 +35,16 @@ class ShapesChecker(Scorer):
         results = [shapes.check(image, prompt) for image, prompt in zip(images, prompts)]
         values = [float(r.correct) if self.metric == "correct" else r.fraction_right for r in results]
         return torch.tensor(values, dtype=torch.float32, device=self.device)
+
+
+class ShapesArea(Scorer):
+    """Share of non-background pixels, in [0, 1] (a 64x64 large square is about 0.3). Prompts are ignored."""
+
+    needs_prompts = False
+    differentiable = False
+    name = "shapes-area"
+    scale = "share of pixels whose nearest shapes palette colour is not the background, in [0, 1]"
+
+    def score_pil(self, images: list[Image.Image], prompts: list[str] | None) -> torch.Tensor:
+        return torch.tensor([shapes.object_area_fraction(image) for image in images], dtype=torch.float32,
+                            device=self.device)

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from diffalign.scorers.base import Scorer
-from diffalign.scorers.checker import ShapesChecker
+from diffalign.scorers.checker import ShapesArea, ShapesChecker
 from diffalign.scorers.clip import load_aesthetic, load_clipscore, load_clipscore_l14, load_pickscore, load_shapes_clip
 from diffalign.scorers.hps import load_hps
 from diffalign.scorers.jpeg import JpegSizeScorer
@@ -116,6 +116,8 @@ register_scorer("shapes-checker", functools.partial(ShapesChecker, "correct"),
                 "programmatic checker of shapes captions: 1 if every stated attribute is right, else 0")
 register_scorer("shapes-checker-fraction", functools.partial(ShapesChecker, "fraction"),
                 "programmatic checker of shapes captions: right attributes / stated attributes, in [0, 1]")
+register_scorer("shapes-area", ShapesArea,
+                "share of non-background pixels of a shapes image, in [0, 1]: bigger objects score higher")
 register_scorer("jpeg-compressibility", functools.partial(JpegSizeScorer, -1),
                 "minus the JPEG size in kB at quality 95 (DDPO)")
 register_scorer("jpeg-incompressibility", functools.partial(JpegSizeScorer, 1),
