@@ -22,6 +22,7 @@ from diffusers import DDPMScheduler, StableDiffusionPipeline
 
 from diffalign import shapes
 from diffalign.paths import asset
+from diffalign.scorers import pil_to_tensor
 
 KINDS = {"colour": tuple(shapes.COLORS), "shape": shapes.SHAPES, "size": tuple(shapes.HALF_EXTENT),
          "position": shapes.POSITIONS}
@@ -45,21 +46,16 @@ def word_sensitivity(pipeline: StableDiffusionPipeline, scenes: int, seed: int, 
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     ratios = {(kind, half): [] for kind in KINDS for half in HALVES}
 
-    def embed(captions: list[str]) -> torch.Tensor:
-        ids = pipeline.tokenizer(captions, padding="max_length", max_length=pipeline.tokenizer.model_max_length,
-                                 truncation=True, return_tensors="pt").input_ids
-        return pipeline.text_encoder(ids)[0]
-
     def errors(noisy, timesteps, noise, captions) -> torch.Tensor:
-        prediction = pipeline.unet(noisy, timesteps, embed(captions)).sample
+        embeds = pipeline.encode_prompt(captions, "cpu", 1, do_classifier_free_guidance=False)[0]
+        prediction = pipeline.unet(noisy, timesteps, embeds).sample
         return ((prediction - noise) ** 2).mean((1, 2, 3))
 
     with torch.no_grad():
         for start in range(0, scenes, batch_size):
             batch = [shapes.sample_scene(rng, two_object_fraction=0.0) for _ in range(min(batch_size, scenes - start))]
             images = [shapes.render(scene, rng) for scene in batch]
-            pixels = torch.from_numpy(np.stack([np.asarray(image, dtype=np.float32) for image in images]))
-            pixels = pixels.permute(0, 3, 1, 2) / 127.5 - 1
+            pixels = pil_to_tensor(images) * 2 - 1  # the VAE's range, [-1, 1]
             latents = pipeline.vae.encode(pixels).latent_dist.mean * pipeline.vae.config.scaling_factor
             captions = [scene.caption for scene in batch]
             for half in HALVES:
