@@ -205,9 +205,11 @@ def run_variant(out: Path, name: str, captions: int, images: int, selection: str
               "labels": labels, "final_loss": final.get("loss"), "final": final}
     evaluations = [("held_out", load_prompt_set("shapes-demo"), 1000),
                    ("train_eval", load_prompt_set(f"jsonl:{out / 'train-eval-prompts.jsonl'}"), 2000)]
-    label_name = parse_scorer_spec(label_scorer)[0]
-    known = {parse_scorer_spec(spec)[0] for spec in SCORERS}
-    scorers = SCORERS if trainer != "dpo" or label_name in known else [*SCORERS, label_scorer]
+    names = [parse_scorer_spec(spec)[0] for spec in SCORERS]
+    scorers = list(SCORERS)
+    if trainer == "dpo" and parse_scorer_spec(label_scorer)[0] not in names:
+        scorers.append(label_scorer)
+        names.append(parse_scorer_spec(label_scorer)[0])
     for tag, prompts, seed in evaluations:
         run_name = tag.replace("_", "-")
         run = generate_and_score(pipeline, prompts, folder / run_name, 4, seed, "dpo", scorers)
@@ -216,7 +218,7 @@ def run_variant(out: Path, name: str, captions: int, images: int, selection: str
         comparison = compare_runs(run, base)
         result[tag] = {name: {"difference": comparison["scorers"][name]["mean_difference"],
                               "win_rate": comparison["scorers"][name]["win_rate"]}
-                       for name in (parse_scorer_spec(spec)[0] for spec in scorers)}
+                       for name in names}
     result["minutes"] = (time.perf_counter() - start) / 60
     with (out / "results.jsonl").open("a") as handle:
         handle.write(json.dumps(result, default=str) + "\n")
