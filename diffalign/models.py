@@ -24,6 +24,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from diffalign.config import LoraConfig, ModelConfig
+from diffalign.unets import load_unet
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
           "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -93,7 +94,7 @@ def load_components(model: ModelConfig) -> Components:
     source = model.pretrained
     common = {"revision": model.revision}
     weights = dict(common, variant=model.variant)
-    unet = _load(UNet2DConditionModel.from_pretrained, "UNet", source, subfolder="unet", **weights)
+    unet = _load(load_unet, "UNet", source, subfolder="unet", **weights)
     if model.vae:
         vae = _load(AutoencoderKL.from_pretrained, "VAE", model.vae, variant=model.variant)
     else:

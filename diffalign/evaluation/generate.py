@@ -78,9 +78,10 @@ def load_eval_pipeline(model: str, lora: str | None = None, unet: str | None = N
                        device: str | None = None, attention: str = "auto", scheduler: str = "default"):
     """A diffusers text-to-image pipeline for evaluation: base ``model`` (Hub id or folder), an
     optional LoRA (``load_lora_weights``) or a fully fine-tuned ``unet`` folder, safety checker off."""
-    from diffusers import DiffusionPipeline, UNet2DConditionModel
+    from diffusers import DiffusionPipeline
 
     from diffalign.models import DTYPES, ModelLoadError, resolve_attention_backend, set_attention_backend
+    from diffalign.unets import load_unet
 
     torch_dtype = DTYPES[dtype]
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -92,7 +93,7 @@ def load_eval_pipeline(model: str, lora: str | None = None, unet: str | None = N
         raise ModelLoadError(f"Could not load the pipeline {model!r}: {error}. Pass a local diffusers folder or a "
                              "Hub id available offline (huggingface-cli download ... --local-dir DIR).") from error
     if unet:
-        pipeline.unet = UNet2DConditionModel.from_pretrained(unet, torch_dtype=torch_dtype)
+        pipeline.unet = load_unet(unet, torch_dtype=torch_dtype)
     if lora:
         pipeline.load_lora_weights(lora)
     pipeline.scheduler = _scheduler(pipeline.scheduler, scheduler)

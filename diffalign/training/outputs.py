@@ -18,7 +18,7 @@ LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 def save_final_weights(components: Components, unet, config: DPORunConfig) -> Path:
     """LoRA -> ``<output_dir>/pytorch_lora_weights.safetensors`` (``pipe.load_lora_weights(output_dir)``);
-    full fine-tune -> ``<output_dir>/unet`` (``UNet2DConditionModel.from_pretrained``)."""
+    full fine-tune -> ``<output_dir>/unet`` (``<the UNet's class>.from_pretrained``)."""
     output_dir = Path(config.output_dir)
     if config.lora.enabled:
         pipeline_class = StableDiffusionXLPipeline if components.is_sdxl else StableDiffusionPipeline
@@ -47,7 +47,10 @@ def write_model_card(config: DPORunConfig, components: Components, data_stats: d
                  f"pipe.load_lora_weights(\"{output_dir}\")")
         weights = f"LoRA rank {config.lora.rank} on {', '.join(config.lora.target_modules)}"
     else:
-        usage = (f"unet = UNet2DConditionModel.from_pretrained(\"{output_dir / 'unet'}\")\n"
+        unet_class = type(components.unet)
+        usage = ("" if unet_class.__module__.startswith("diffusers") else
+                 f"from {unet_class.__module__} import {unet_class.__name__}\n")
+        usage += (f"unet = {unet_class.__name__}.from_pretrained(\"{output_dir / 'unet'}\")\n"
                  f"pipe = {pipeline}.from_pretrained(\"{config.model.pretrained}\", unet=unet)")
         weights = "full UNet fine-tune"
     objective = "Diffusion-DPO" if config.train.objective == "dpo" else "SFT on preferred images"
