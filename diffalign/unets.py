@@ -8,8 +8,9 @@ learn it at all (docs/embedded-model.md). :class:`PositionalUNet2DConditionModel
 initialised with the 2D sine-cosine table of ViT/MAE and trained with the rest, to the output of
 ``conv_in``; at another latent size it is resized bilinearly. Everything else is the stock
 UNet2DConditionModel, so pipelines, LoRA (peft), attention processors and gradient checkpointing
-work unchanged, and ``save_pretrained`` records this module in ``model_index.json``, so
-``StableDiffusionPipeline.from_pretrained`` rebuilds it wherever diffalign is installed.
+work unchanged. ``save_pretrained`` records this module in ``model_index.json``; diffusers imports no
+module a folder names, so ``import diffalign.unets`` (done by diffalign's loaders) must come before
+``StableDiffusionPipeline.from_pretrained`` on such a folder.
 """
 
 from __future__ import annotations

@@ -7,11 +7,16 @@ scenes of :mod:`diffalign.shapes`:
    L1 + MSE reconstruction plus a small KL; the latent scaling factor is then set to 1/std of
    the latents, as SD did;
 2. a dataset of captioned scenes is encoded once (posterior means x scaling factor);
-3. UNet (``UNet2DConditionModel``, epsilon prediction, SD's scaled-linear betas) and the CLIP text
-   encoder (``CLIPTextModel`` with a word-level CLIP tokenizer) trained together with the
-   standard denoising loss, 10% of captions dropped to "" for classifier-free guidance, an EMA of
-   both (diffusers ``EMAModel``) is what gets shipped;
-4. the pipeline is saved with ``save_pretrained`` (safetensors, DDIM scheduler) and the checker
+3. UNet and the CLIP text encoder (``CLIPTextModel`` with a word-level CLIP tokenizer) trained
+   together with the standard denoising loss, 10% of captions dropped to "" for classifier-free
+   guidance, an EMA of both (diffusers ``EMAModel``) is what gets shipped. By default the UNet is the
+   stock ``UNet2DConditionModel`` with SD 1.x's epsilon schedule (the shipped model), which never
+   learned position words; ``--position-embedding --noise-schedule zero-snr-v`` trains a
+   :class:`~diffalign.unets.PositionalUNet2DConditionModel` (a learned absolute-position embedding)
+   on SD's betas rescaled to zero terminal SNR with v-prediction (Lin et al. 2024), which does
+   (docs/embedded-model.md);
+4. the pipeline is saved with ``save_pretrained`` (safetensors, DDIM scheduler with the training
+   schedule) and the checker
    measures its samples on held-out scenes: the numbers go to ``<out>/pretrain_report.json``.
 
 Every stage resumes: finished stages are skipped and the UNet stage restarts from its last
@@ -37,12 +42,20 @@ from diffusers.training_utils import EMAModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from diffalign import shapes
+from diffalign.losses import prediction_target
 from diffalign.scorers.preprocess import tensor_to_pil
 from diffalign.tiny import replacing_folder, write_word_tokenizer
+from diffalign.unets import PositionalUNet2DConditionModel
 
-NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                      prediction_type="epsilon")
-SAMPLER = dict(NOISE_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
+SD_BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+NOISE_SCHEDULES = {
+    # Lin et al. 2024: SD's betas leave signal at t = T (alpha_bar_T = 0.0047), so training never asks the
+    # model to place objects from pure noise; rescaled to zero terminal SNR, with v-prediction and
+    # "trailing" timesteps so that sampling starts at t = T.
+    "zero-snr-v": dict(SD_BETAS, rescale_betas_zero_snr=True, prediction_type="v_prediction",
+                       timestep_spacing="trailing"),
+    "sd-epsilon": dict(SD_BETAS, prediction_type="epsilon", timestep_spacing="leading", steps_offset=1),
+}
 
 
 def build_vae() -> AutoencoderKL:
@@ -51,9 +64,12 @@ def build_vae() -> AutoencoderKL:
                          layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=shapes.SIZE)
 
 
-def build_unet(cross_attention_dim: int, channels: tuple[int, ...] = (64, 128)) -> UNet2DConditionModel:
-    """One cross-attention level per entry of ``channels`` (16x16 latents; (64, 128): down to 8x8)."""
-    return UNet2DConditionModel(sample_size=shapes.SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
+def build_unet(cross_attention_dim: int, channels: tuple[int, ...] = (64, 128),
+               position_embedding: bool = False) -> UNet2DConditionModel:
+    """One cross-attention level per entry of ``channels`` (16x16 latents; (64, 128): down to 8x8); with
+    ``position_embedding`` a :class:`PositionalUNet2DConditionModel` (the stock UNet cannot tell left from right)."""
+    unet_class = PositionalUNet2DConditionModel if position_embedding else UNet2DConditionModel
+    return unet_class(sample_size=shapes.SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
                                 block_out_channels=list(channels), norm_num_groups=16,
                                 down_block_types=["CrossAttnDownBlock2D"] * len(channels),
                                 up_block_types=["CrossAttnUpBlock2D"] * len(channels),
@@ -164,23 +180,25 @@ def sample_and_check(pipeline: StableDiffusionPipeline, count: int, seed: int, g
     return summary
 
 
-def make_pipeline(vae, text_encoder, tokenizer, unet) -> StableDiffusionPipeline:
+def make_pipeline(vae, text_encoder, tokenizer, unet, noise_schedule: str = "sd-epsilon") -> StableDiffusionPipeline:
+    sampler = DDIMScheduler(**NOISE_SCHEDULES[noise_schedule], clip_sample=False, set_alpha_to_one=False)
     pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                       scheduler=DDIMScheduler(**SAMPLER), safety_checker=None,
+                                       scheduler=sampler, safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
 
 def train_unet(work: Path, vae: AutoencoderKL, tokenizer, latents: torch.Tensor, captions: list[str], steps: int,
-               batch_size: int, seed: int, eval_every: int, eval_images: int, channels: tuple[int, ...] = (64, 128)):
+               batch_size: int, seed: int, eval_every: int, eval_images: int, channels: tuple[int, ...] = (64, 128),
+               position_embedding: bool = False, noise_schedule: str = "sd-epsilon"):
     torch.manual_seed(seed)
     text_encoder = build_text_encoder(len(tokenizer), tokenizer.model_max_length)
-    unet = build_unet(text_encoder.config.hidden_size, channels)
+    unet = build_unet(text_encoder.config.hidden_size, channels, position_embedding)
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=5e-4, weight_decay=0.01)
     ema = EMAModel(parameters, decay=0.999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
-    noise_scheduler = DDPMScheduler(**NOISE_SCHEDULE)
+    noise_scheduler = DDPMScheduler(**NOISE_SCHEDULES[noise_schedule])
     checkpoint = work / "unet_checkpoint.pt"
     step = 0
     if checkpoint.is_file():
@@ -208,7 +226,9 @@ def train_unet(work: Path, vae: AutoencoderKL, tokenizer, latents: torch.Tensor,
             group["lr"] = 5e-4 * lr_scale
         prediction = unet(noise_scheduler.add_noise(clean, noise, timesteps), timesteps,
                           text_encoder(ids).last_hidden_state).sample
-        loss = F.mse_loss(prediction, noise)
+        target = prediction_target(noise_scheduler.config.prediction_type, noise, clean, timesteps,
+                                   noise_scheduler.alphas_cumprod)
+        loss = F.mse_loss(prediction, target)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
@@ -223,7 +243,7 @@ def train_unet(work: Path, vae: AutoencoderKL, tokenizer, latents: torch.Tensor,
                          "optimizer": optimizer.state_dict(), "ema": ema.state_dict(), "step": step}, checkpoint)
             ema.store(parameters)
             ema.copy_to(parameters)
-            pipeline = make_pipeline(vae, text_encoder.eval(), tokenizer, unet.eval())
+            pipeline = make_pipeline(vae, text_encoder.eval(), tokenizer, unet.eval(), noise_schedule)
             log_line(work / "unet_log.jsonl", {"stage": "unet-eval", "step": step,
                                                **sample_and_check(pipeline, eval_images, seed + 10, guidance_scale=5.0)})
             ema.restore(parameters)
@@ -245,6 +265,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--unet-channels", default="64,128",
                         help="UNet channels per level, comma-separated (one cross-attention level each)")
+    parser.add_argument("--position-embedding", action="store_true",
+                        help="a PositionalUNet2DConditionModel: the stock UNet plus a learned absolute-position embedding")
+    parser.add_argument("--noise-schedule", choices=tuple(NOISE_SCHEDULES), default="sd-epsilon",
+                        help="zero-snr-v: zero terminal SNR, v-prediction, trailing timesteps; sd-epsilon: SD 1.x's")
     parser.add_argument("--eval-every", type=int, default=300)
     parser.add_argument("--eval-images", type=int, default=256, help="held-out captions for the final checker numbers")
     args = parser.parse_args()
@@ -255,14 +279,17 @@ def main() -> None:
     latents, captions = encode_dataset(work, vae, args.scenes, args.seed)
     channels = tuple(int(value) for value in args.unet_channels.split(","))
     text_encoder, unet = train_unet(work, vae, tokenizer, latents, captions, args.steps, args.batch_size, args.seed,
-                                    args.eval_every, min(64, args.eval_images), channels)
-    pipeline = make_pipeline(vae, text_encoder, tokenizer, unet)
+                                    args.eval_every, min(64, args.eval_images), channels, args.position_embedding,
+                                    args.noise_schedule)
+    pipeline = make_pipeline(vae, text_encoder, tokenizer, unet, args.noise_schedule)
     with replacing_folder(out) as tmp:
         pipeline.save_pretrained(tmp, safe_serialization=True)
         evaluation = {f"guidance_{scale:g}": sample_and_check(pipeline, args.eval_images, args.seed + 100, scale)
                       for scale in (1.0, 3.0, 5.0, 7.5)}
         report = {"seed": args.seed, "vae_steps": args.vae_steps, "scenes": args.scenes, "unet_steps": args.steps,
-                  "batch_size": args.batch_size, "unet_channels": list(channels), "held_out_checker": evaluation,
+                  "batch_size": args.batch_size, "unet_channels": list(channels),
+                  "position_embedding": args.position_embedding, "noise_schedule": args.noise_schedule,
+                  "held_out_checker": evaluation,
                   "chance_color": 1 / len(shapes.COLORS), "chance_shape": 1 / len(shapes.SHAPES)}
         (tmp / "pretrain_report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

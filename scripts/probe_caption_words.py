@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 
+import diffalign.unets  # noqa: F401  (diffusers loads a PositionalUNet2DConditionModel only once it is imported)
 from diffalign import shapes
+from diffalign.losses import prediction_target
 from diffalign.paths import asset
 from diffalign.scorers import pil_to_tensor
 
@@ -46,10 +48,10 @@ def word_sensitivity(pipeline: StableDiffusionPipeline, scenes: int, seed: int, 
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     ratios = {(kind, half): [] for kind in KINDS for half in HALVES}
 
-    def errors(noisy, timesteps, noise, captions) -> torch.Tensor:
+    def errors(noisy, timesteps, target, captions) -> torch.Tensor:
         embeds = pipeline.encode_prompt(captions, "cpu", 1, do_classifier_free_guidance=False)[0]
         prediction = pipeline.unet(noisy, timesteps, embeds).sample
-        return ((prediction - noise) ** 2).mean((1, 2, 3))
+        return ((prediction - target) ** 2).mean((1, 2, 3))
 
     with torch.no_grad():
         for start in range(0, scenes, batch_size):
@@ -62,13 +64,15 @@ def word_sensitivity(pipeline: StableDiffusionPipeline, scenes: int, seed: int, 
                 timesteps = torch.randint(*half, (len(batch),), generator=generator)
                 noise = torch.randn(latents.shape, generator=generator)
                 noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-                true_error = errors(noisy, timesteps, noise, captions)
+                target = prediction_target(noise_scheduler.config.prediction_type, noise, latents, timesteps,
+                                           noise_scheduler.alphas_cumprod)
+                true_error = errors(noisy, timesteps, target, captions)
                 for kind, words in KINDS.items():
                     rows = [i for i, caption in enumerate(captions) if set(caption.split()) & set(words)]
                     if not rows:
                         continue
                     swapped = [" ".join(swap_word(w) if w in words else w for w in captions[i].split()) for i in rows]
-                    error = errors(noisy[rows], timesteps[rows], noise[rows], swapped)
+                    error = errors(noisy[rows], timesteps[rows], target[rows], swapped)
                     ratios[(kind, half)] += (error / true_error[rows]).tolist()
     return {kind: {"t<500": float(np.mean(ratios[(kind, HALVES[0])])),
                    "t>=500": float(np.mean(ratios[(kind, HALVES[1])])),

@@ -17,6 +17,7 @@ from PIL import Image
 from diffalign import shapes
 from diffalign.paths import asset
 from diffalign.scorers import get_scorer
+from diffalign.unets import PositionalUNet2DConditionModel
 
 HELD_OUT = ["a large red circle", "a small blue square on the left", "a large green triangle at the top",
             "a yellow circle and a purple square", "a large orange square in the center", "a small purple triangle"]
@@ -109,12 +110,17 @@ def test_pretrain_scripts_run_resume_and_write_loadable_folders(tmp_path, monkey
     _run_script("pretrain_tiny.py", ["--out", str(tmp_path / "sd"), "--work", str(tmp_path / "sd-work"),
                                      "--vae-steps", "2", "--vae-batch-size", "4", "--scenes", "32", "--steps", "2",
                                      "--batch-size", "4", "--eval-every", "2", "--eval-images", "2",
-                                     "--unet-channels", "16,32,32"], monkeypatch)
+                                     "--unet-channels", "16,32,32", "--position-embedding",
+                                     "--noise-schedule", "zero-snr-v"], monkeypatch)
     report = json.loads((tmp_path / "sd" / "pretrain_report.json").read_text())
     assert set(report["held_out_checker"]) == {"guidance_1", "guidance_3", "guidance_5", "guidance_7.5"}
     assert report["unet_channels"] == [16, 32, 32]
+    assert report["position_embedding"] and report["noise_schedule"] == "zero-snr-v"
     pipeline = StableDiffusionPipeline.from_pretrained(tmp_path / "sd")
     assert pipeline.unet.config.block_out_channels == [16, 32, 32]
+    assert isinstance(pipeline.unet, PositionalUNet2DConditionModel)
+    assert pipeline.scheduler.config.prediction_type == "v_prediction"
+    assert pipeline.scheduler.alphas_cumprod[-1] == 0 and pipeline.scheduler.config.timestep_spacing == "trailing"
     assert pipeline.vae.config.scaling_factor != 0.18215  # set from the latents' std
     image = pipeline("a red circle", num_inference_steps=2, output_type="np").images[0]
     assert image.shape == (shapes.SIZE, shapes.SIZE, 3)
