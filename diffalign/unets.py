@@ -1,9 +1,9 @@
 """A UNet2DConditionModel that knows where it is: a learned absolute-position embedding after conv_in.
 
 SD's UNet is convolutional and its attention layers carry no positional encoding, so the only
-absolute-position signal it has is the zero padding at the image border. Large models learn
-"on the left" from that slowly and poorly; the embedded 64x64 shapes model (16x16 latents) did not
-learn it at all (docs/embedded-model.md). :class:`PositionalUNet2DConditionModel` adds one tensor
+absolute-position signal it has is the zero padding at the image border. The embedded 64x64 shapes
+model (16x16 latents) trained with SD's epsilon schedule did not learn position words at all; with
+this embedding and a zero-terminal-SNR schedule it did (docs/embedded-model.md). :class:`PositionalUNet2DConditionModel` adds one tensor
 ``conv_in.position`` [1, C, H, W] (C = ``block_out_channels[0]``, H = W = ``sample_size``),
 initialised with the 2D sine-cosine table of ViT/MAE and trained with the rest, to the output of
 ``conv_in``; at another latent size it is resized bilinearly. Everything else is the stock

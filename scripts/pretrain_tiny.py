@@ -16,8 +16,8 @@ scenes of :mod:`diffalign.shapes`:
    on SD's betas rescaled to zero terminal SNR with v-prediction (Lin et al. 2024), which does
    (docs/embedded-model.md);
 4. the pipeline is saved with ``save_pretrained`` (safetensors, DDIM scheduler with the training
-   schedule) and the checker
-   measures its samples on held-out scenes: the numbers go to ``<out>/pretrain_report.json``.
+   schedule) and the checker measures its samples on held-out scenes: the numbers go to
+   ``<out>/pretrain_report.json``.
 
 Every stage resumes: finished stages are skipped and the UNet stage restarts from its last
 checkpoint (written atomically). Deterministic for a seed on a given machine.
@@ -70,10 +70,10 @@ def build_unet(cross_attention_dim: int, channels: tuple[int, ...] = (64, 128),
     ``position_embedding`` a :class:`PositionalUNet2DConditionModel` (the stock UNet cannot tell left from right)."""
     unet_class = PositionalUNet2DConditionModel if position_embedding else UNet2DConditionModel
     return unet_class(sample_size=shapes.SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=list(channels), norm_num_groups=16,
-                                down_block_types=["CrossAttnDownBlock2D"] * len(channels),
-                                up_block_types=["CrossAttnUpBlock2D"] * len(channels),
-                                attention_head_dim=8, cross_attention_dim=cross_attention_dim)
+                      block_out_channels=list(channels), norm_num_groups=16,
+                      down_block_types=["CrossAttnDownBlock2D"] * len(channels),
+                      up_block_types=["CrossAttnUpBlock2D"] * len(channels),
+                      attention_head_dim=8, cross_attention_dim=cross_attention_dim)
 
 
 def build_text_encoder(vocab_size: int, max_length: int) -> CLIPTextModel:
