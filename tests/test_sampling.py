@@ -76,6 +76,22 @@ def test_v_prediction_and_per_sample_timesteps():
         torch.testing.assert_close(joint[row:row + 1], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_first_step_of_a_zero_terminal_snr_schedule():
+    sched = scheduler(4, prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing",
+                      steps_offset=0)
+    t = int(sched.timesteps[0])
+    assert t == 999 and sched.alphas_cumprod[t] == 0  # x_999 is pure noise
+    generator = torch.Generator().manual_seed(3)
+    x_t, clean = torch.randn(2, 4, 3, 3, generator=generator), torch.randn(2, 4, 3, 3, generator=generator)
+    out = ddim_step_with_logprob(sched, -clean, t, x_t, eta=1.0, generator=generator)  # v = -x0 where alpha_bar = 0
+    torch.testing.assert_close(out.pred_original_sample, clean)
+    a_prev = sched.alphas_cumprod[int(sched.timesteps[1])]
+    torch.testing.assert_close(out.std.flatten(), (1 - a_prev).sqrt().expand(2))  # (1-a_prev)/(1-0) * (1 - 0/a_prev)
+    assert torch.isfinite(out.log_prob).all()
+    expected = sched.step(-clean, t, x_t, eta=0.0).prev_sample
+    torch.testing.assert_close(ddim_step(sched, -clean, t, x_t)[0], expected, rtol=1e-5, atol=1e-5)
+
+
 def test_bad_steps_are_clear_errors():
     sched = scheduler(10)
     x = torch.zeros(1, 4, 2, 2)
