@@ -185,6 +185,14 @@ def train_method(method: str, out: Path, settings: DemoSettings, samples: Path, 
         config = load_config(asset("configs", spec.config), [
             *common, f"data.path={data}", f"cache.dir={out / 'cache'}", f"train.max_steps={settings.dpo_steps}",
             *spec.demo_overrides, *batch, *overrides])
+        if method == "dpo":
+            pairs = sum(1 for line in Path(data).read_text().splitlines() if line.strip())
+            if pairs < config.train.batch_size:
+                raise ValueError(
+                    f"the {SCORER} labels of {data} hold {pairs} preference pairs, fewer than one DPO batch "
+                    f"({config.train.batch_size}): the model's {settings.images_per_prompt} images of a caption score "
+                    f"within --margin {settings.margin} of each other. Lower --margin, raise --images-per-prompt "
+                    f"or --train-prompts, or choose a less finished base model.")
         return train_dpo(config)
     from diffalign.config import D3PORunConfig, RewardRunConfig
 

@@ -1,6 +1,8 @@
 """Ablations of the demo's alignment on the embedded tiny model (the tables in docs/embedded-model.md).
 
     python scripts/demo_ablation.py pool --out outputs/ablation             # 256 captions x 8 images, scored
+    python scripts/demo_ablation.py pool --model FOLDER --out outputs/other  # another base model: pass the same
+                                                                           # --model to its variants
     python scripts/demo_ablation.py variant NAME --captions 256 --images 4 --out outputs/ablation \\
         [--selection all|best-worst] [--margin 2] [--label-scorer SPEC] [--pairs FILE] [key=value ...]
     python scripts/demo_ablation.py ground-truth --out outputs/ablation    # pairs whose winner is a true render
@@ -46,7 +48,7 @@ from diffalign.evaluation.scoring import read_scores, score_run
 from diffalign.paths import asset
 from diffalign.scorers import parse_scorer_spec
 
-MODEL = str(asset("models", "shapes-sd"))
+DEFAULT_MODEL = str(asset("models", "shapes-sd"))
 GENERATION = dict(num_inference_steps=20, guidance_scale=5.0, height=64, width=64, batch_size=32)
 SCORERS = [SCORER, CHECKER, CHECKER_FRACTION]
 POOL_CAPTIONS, POOL_IMAGES, TRAIN_EVAL_CAPTIONS = 256, 8, 36
@@ -57,10 +59,10 @@ def prompt_file(path: Path, captions: list[str]):
     return load_prompt_set(f"jsonl:{path}")
 
 
-def generate_and_score(pipeline, prompts, run: Path, images: int, seed: int, name: str,
+def generate_and_score(pipeline, prompts, run: Path, images: int, seed: int, name: str, model: str,
                        scorers: list[str] = SCORERS) -> Path:
     settings = GenerationSettings(images_per_prompt=images, seed=seed, **GENERATION)
-    generate_images(pipeline, prompts, run, settings, run_info={"model": MODEL, "name": name})
+    generate_images(pipeline, prompts, run, settings, run_info={"model": model, "name": name})
     score_run(run, scorers)
     return run
 
@@ -69,34 +71,34 @@ def pool_captions() -> list[str]:
     return training_captions(POOL_CAPTIONS, 0, {record.text for record in load_prompt_set("shapes-demo")})
 
 
-def make_base(out: Path, pipeline, captions: list[str]) -> None:
+def make_base(out: Path, pipeline, captions: list[str], model: str) -> None:
     """The base model's images on the held-out captions and on 36 training captions (new seeds)."""
-    generate_and_score(pipeline, load_prompt_set("shapes-demo"), out / "held-out-base", 4, 1000, "base")
+    generate_and_score(pipeline, load_prompt_set("shapes-demo"), out / "held-out-base", 4, 1000, "base", model)
     generate_and_score(pipeline, prompt_file(out / "train-eval-prompts.jsonl", captions[:TRAIN_EVAL_CAPTIONS]),
-                       out / "train-eval-base", 4, 2000, "base")
+                       out / "train-eval-base", 4, 2000, "base", model)
 
 
-def make_pool(out: Path) -> None:
+def make_pool(out: Path, model: str) -> None:
     captions = pool_captions()
-    pipeline = load_eval_pipeline(MODEL, device="cpu")
+    pipeline = load_eval_pipeline(model, device="cpu")
     generate_and_score(pipeline, prompt_file(out / "pool-prompts.jsonl", captions), out / "pool", POOL_IMAGES, 0,
-                       "pool")
-    make_base(out, pipeline, captions)
+                       "pool", model)
+    make_base(out, pipeline, captions, model)
 
 
-def make_ranked(out: Path, captions: int, images: int, margin: float) -> None:
+def make_ranked(out: Path, captions: int, images: int, margin: float, model: str) -> None:
     """Ranked records of the first ``captions`` pool captions (``images`` samples each, seed 0) and their pairs."""
     from diffalign.data.ranked import ranked_to_pairs, read_ranked_jsonl
     from diffalign.data.synth import synthesize_ranked
 
     chosen = pool_captions()
     prompts = prompt_file(out / "synth-prompts.jsonl", chosen[:captions])
-    ranked = synthesize_ranked(prompts, {"shapes-sd": MODEL}, [SCORER], out / "synth",
+    ranked = synthesize_ranked(prompts, {"shapes-sd": model}, [SCORER], out / "synth",
                                GenerationSettings(images_per_prompt=images, seed=0, **GENERATION), device="cpu")
     rows = ranked_to_pairs(read_ranked_jsonl(ranked), "all", margin, "score", SCORER)
     write_text_atomic(out / "synth" / "pairs.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     print(f"{ranked}: {captions} records; {len(rows)} pairs -> {out / 'synth' / 'pairs.jsonl'}")
-    make_base(out, load_eval_pipeline(MODEL, device="cpu"), chosen)
+    make_base(out, load_eval_pipeline(model, device="cpu"), chosen, model)
 
 
 def write_ground_truth_pairs(out: Path) -> Path:
@@ -121,7 +123,7 @@ def write_ground_truth_pairs(out: Path) -> Path:
     return folder / "pairs.jsonl"
 
 
-def train_online(out: Path, folder: Path, trainer: str, overrides: list[str]) -> dict:
+def train_online(out: Path, folder: Path, trainer: str, overrides: list[str], model: str) -> dict:
     """DRaFT-family (``draft``) or D3PO (``d3po``) training on the synth captions, with the tiny configs."""
     from diffalign.config import D3PORunConfig, RewardRunConfig
     from diffalign.training.d3po import train_d3po
@@ -130,7 +132,7 @@ def train_online(out: Path, folder: Path, trainer: str, overrides: list[str]) ->
     config_class, train, file = {"draft": (RewardRunConfig, train_reward, "tiny-draft.yaml"),
                                  "d3po": (D3PORunConfig, train_d3po, "tiny-d3po.yaml")}[trainer]
     config = load_config(asset("configs", file), [
-        f"model.pretrained={MODEL}", f"prompts.train=jsonl:{out / 'synth-prompts.jsonl'}",
+        f"model.pretrained={model}", f"prompts.train=jsonl:{out / 'synth-prompts.jsonl'}",
         f"output_dir={folder / 'dpo'}", "train.seed=0", *overrides], cls=config_class)
     return train(config)
 
@@ -157,7 +159,7 @@ def write_person_labels(folder: Path) -> Path:
 
 def run_variant(out: Path, name: str, captions: int, images: int, selection: str, margin: float,
                 pairs_file: str | None, ranked_file: str | None, overrides: list[str], trainer: str = "dpo",
-                label_scorer: str = SCORER) -> dict:
+                label_scorer: str = SCORER, model: str = DEFAULT_MODEL) -> dict:
     start = time.perf_counter()
     folder = out / name
     for stale in ("dpo", "held-out", "train-eval"):
@@ -188,18 +190,18 @@ def run_variant(out: Path, name: str, captions: int, images: int, selection: str
 
     if trainer == "dpo":
         config = load_config(asset("configs", "shapes-dpo.yaml"), [
-            f"model.pretrained={MODEL}", *data, f"output_dir={folder / 'dpo'}",
+            f"model.pretrained={model}", *data, f"output_dir={folder / 'dpo'}",
             f"cache.dir={out / 'cache'}", "train.seed=0", *overrides])
         final = train_dpo(config)
     else:
-        final = train_online(out, folder, trainer, overrides)
+        final = train_online(out, folder, trainer, overrides, model)
     if not any(item == "lora.enabled=false" for item in overrides):
-        pipeline = load_eval_pipeline(MODEL, device="cpu")
+        pipeline = load_eval_pipeline(model, device="cpu")
         with _quiet_diffusers():
             pipeline.load_lora_weights(folder / "dpo")
     else:
-        pipeline = load_eval_pipeline(MODEL, device="cpu", unet=str(folder / "dpo" / "unet"))
-    result = {"name": name, "captions": captions, "images": images, "selection": selection, "margin": margin,
+        pipeline = load_eval_pipeline(model, device="cpu", unet=str(folder / "dpo" / "unet"))
+    result = {"name": name, "model": model, "captions": captions, "images": images, "selection": selection, "margin": margin,
               "label_scorer": label_scorer,
               "pairs_file": pairs_file, "ranked_file": ranked_file, "trainer": trainer, "overrides": overrides,
               "labels": labels, "final_loss": final.get("loss"), "final": final}
@@ -212,7 +214,7 @@ def run_variant(out: Path, name: str, captions: int, images: int, selection: str
         names.append(parse_scorer_spec(label_scorer)[0])
     for tag, prompts, seed in evaluations:
         run_name = tag.replace("_", "-")
-        run = generate_and_score(pipeline, prompts, folder / run_name, 4, seed, "dpo", scorers)
+        run = generate_and_score(pipeline, prompts, folder / run_name, 4, seed, "dpo", model, scorers)
         base = out / f"{run_name}-base"
         score_run(base, scorers)  # scores the base with a new label scorer too (e.g. shapes-area)
         comparison = compare_runs(run, base)
@@ -231,6 +233,8 @@ def main() -> None:
     parser.add_argument("command", choices=["pool", "ground-truth", "synth", "variant", "person-labels"])
     parser.add_argument("name", nargs="?", help="variant name (its folder under --out)")
     parser.add_argument("--out", default="outputs/ablation")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="the base pipeline folder (default: the embedded shapes-sd); use one --out per model")
     parser.add_argument("--captions", type=int, default=POOL_CAPTIONS)
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--selection", default="all", choices=["all", "best-worst"])
@@ -244,21 +248,25 @@ def main() -> None:
                         help="draft / d3po: the online trainers with assets/configs/tiny-{draft,d3po}.yaml")
     parser.add_argument("--label-dir", help="person-labels: the label folder of `diffalign label sample`")
     args, overrides = parser.parse_known_args()
+    names = [item for item in overrides if "=" not in item and not item.startswith("-")]
+    if args.name is None and names:  # argparse leaves a name given after the options among the unknown arguments
+        args.name = names[0]
+        overrides.remove(names[0])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.command == "pool":
-        make_pool(out)
+        make_pool(out, args.model)
     elif args.command == "ground-truth":
         print(write_ground_truth_pairs(out))
     elif args.command == "synth":
-        make_ranked(out, args.captions, args.images, args.margin)
+        make_ranked(out, args.captions, args.images, args.margin, args.model)
     elif args.command == "person-labels":
         print(write_person_labels(Path(args.label_dir)))
     elif not args.name:
         parser.error("variant needs a NAME")
     else:
         run_variant(out, args.name, args.captions, args.images, args.selection, args.margin, args.pairs, args.ranked,
-                    overrides, args.trainer, args.label_scorer)
+                    overrides, args.trainer, args.label_scorer, args.model)
 
 
 if __name__ == "__main__":

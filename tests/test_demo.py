@@ -65,3 +65,13 @@ def test_demo_overrides_go_to_the_methods_they_name():
                       "draft-k": ["train.max_steps=5"]}
     with pytest.raises(ValueError, match="names method 'd3po', which is not among"):
         split_overrides(["d3po:train.max_steps=1"], ["dpo"])
+
+
+def test_demo_says_what_to_change_when_the_labels_leave_too_few_pairs(tmp_path):
+    from diffalign.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(train_prompts=2, images_per_prompt=2, eval_limit=1, eval_images_per_prompt=1,
+                            num_inference_steps=2, margin=1e6)
+    with pytest.raises(ValueError, match=r"0 preference pairs, fewer than one DPO batch \(8\).*Lower --margin"):
+        run_demo(tmp_path, settings)
+    assert len(list((tmp_path / "samples" / "images").glob("*.png"))) == 4  # the samples are kept for a re-run
