@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--eval-images-per-prompt", type=int, default=4, help="held-out images per prompt and model")
     demo.add_argument("--eval-limit", type=int, default=None, help="use only the first N held-out prompts")
     demo.add_argument("--inference-steps", type=int, default=20, help="DDIM steps per image")
+    demo.add_argument("--guidance", type=float, default=None,
+                      help="CFG scale of the training samples and of the held-out images (default: "
+                           "DemoSettings.guidance_scale)")
     demo.add_argument("--margin", type=float, default=None,
                       help="drop pairs whose shapes-clip scores differ by at most this (default: DemoSettings.margin)")
     demo.add_argument("--model", default=None, help="base pipeline folder (default: the embedded assets/models/shapes-sd)")
@@ -436,7 +439,8 @@ def _run(args) -> int:
                                 num_inference_steps=args.inference_steps, dpo_steps=args.steps, seed=args.seed,
                                 methods=tuple(method.strip() for method in args.methods.split(",") if method.strip()),
                                 **({"model": args.model} if args.model else {}),
-                                **({"margin": args.margin} if args.margin is not None else {}))
+                                **({"margin": args.margin} if args.margin is not None else {}),
+                                **({"guidance_scale": args.guidance} if args.guidance is not None else {}))
         run_demo(args.out, settings, args.overrides)
     elif args.command == "train" and args.method == "d3po":
         from accelerate import PartialState

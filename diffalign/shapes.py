@@ -268,3 +268,25 @@ def perturb_caption(caption: str, rng: random.Random) -> str:
     group = next(group for group in WORD_CLASSES if words[index] in group)
     words[index] = rng.choice([word for word in group if word not in words])
     return " ".join(words)
+
+
+def mislabel_colors(captions: list[str], fraction: float, seed: int) -> list[str]:
+    """Web-style caption noise for pretraining: ``round(fraction * len(captions))`` captions, chosen
+    with ``seed``, get one colour word replaced by another colour (the image keeps its true colour).
+
+    A model trained on them learns that a colour word names the right colour only part of the time,
+    so its samples miss the colour for some seeds of a caption and not others."""
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"caption noise fraction must be in [0, 1], got {fraction}")
+    rng = random.Random(seed)
+    noisy = list(captions)
+    for index in rng.sample(range(len(captions)), round(fraction * len(captions))):
+        words = noisy[index].split()
+        positions = [i for i, word in enumerate(words) if word in COLORS]
+        if not positions:
+            raise ValueError(f"caption {index} names no colour: {noisy[index]!r}")
+        position = rng.choice(positions)
+        words[position] = rng.choice([color for color in COLORS if color != words[position]])
+        noisy[index] = " ".join(words)
+    return noisy
+

@@ -269,6 +269,9 @@ def main() -> None:
                         help="a PositionalUNet2DConditionModel: the stock UNet plus a learned absolute-position embedding")
     parser.add_argument("--noise-schedule", choices=tuple(NOISE_SCHEDULES), default="sd-epsilon",
                         help="zero-snr-v: zero terminal SNR, v-prediction, trailing timesteps; sd-epsilon: SD 1.x's")
+    parser.add_argument("--caption-noise", type=float, default=0.0,
+                        help="fraction of the training captions whose colour word is replaced by a wrong one "
+                             "(web-style label noise; the checker's evaluation captions stay true)")
     parser.add_argument("--eval-every", type=int, default=300)
     parser.add_argument("--eval-images", type=int, default=256, help="held-out captions for the final checker numbers")
     args = parser.parse_args()
@@ -277,6 +280,8 @@ def main() -> None:
     tokenizer = write_word_tokenizer(work / "tokenizer", shapes.WORDS)
     vae = train_vae(work, args.vae_steps, args.vae_batch_size, args.seed).eval()
     latents, captions = encode_dataset(work, vae, args.scenes, args.seed)
+    if args.caption_noise:
+        captions = shapes.mislabel_colors(captions, args.caption_noise, args.seed + 7)
     channels = tuple(int(value) for value in args.unet_channels.split(","))
     text_encoder, unet = train_unet(work, vae, tokenizer, latents, captions, args.steps, args.batch_size, args.seed,
                                     args.eval_every, min(64, args.eval_images), channels, args.position_embedding,
@@ -289,7 +294,7 @@ def main() -> None:
         report = {"seed": args.seed, "vae_steps": args.vae_steps, "scenes": args.scenes, "unet_steps": args.steps,
                   "batch_size": args.batch_size, "unet_channels": list(channels),
                   "position_embedding": args.position_embedding, "noise_schedule": args.noise_schedule,
-                  "held_out_checker": evaluation,
+                  "caption_noise": args.caption_noise, "held_out_checker": evaluation,
                   "chance_color": 1 / len(shapes.COLORS), "chance_shape": 1 / len(shapes.SHAPES)}
         (tmp / "pretrain_report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

@@ -12,9 +12,11 @@ SHORT = ["--train-prompts", "3", "--images-per-prompt", "3", "--eval-limit", "3"
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    args = ["demo", "--out", str(tmp_path), "--steps", "2", *SHORT, "train.batch_size=2"]
+    args = ["demo", "--out", str(tmp_path), "--steps", "2", "--guidance", "3", *SHORT, "train.batch_size=2"]
     assert main(args) == 0
     summary = json.loads((tmp_path / "demo_summary.json").read_text())
+    for run in ("samples", "eval/base", "eval/dpo"):
+        assert json.loads((tmp_path / run / "run.json").read_text())["guidance_scale"] == 3.0
     assert summary["methods"]["dpo"]["final_training_metrics"]["step"] == 2
     pairs = (tmp_path / "samples" / "pairs.jsonl").read_text().splitlines()
     assert len(pairs) == summary["labels"]["pairs"] > 0

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from diffalign.shapes import (SIZE, Scene, ShapeSpec, check, corrupt, make_dataset, parse_caption, perturb_caption,
-                              render, sample_scene)
+from diffalign.shapes import (SIZE, Scene, ShapeSpec, check, corrupt, make_dataset, mislabel_colors, parse_caption,
+                              perturb_caption, render, sample_scene)
 
 
 def test_generation_is_deterministic_per_seed():
@@ -84,6 +84,26 @@ def test_perturbed_captions_stay_in_the_grammar_and_change_the_scene():
         other = perturb_caption(caption, rng)
         assert other != caption
         assert parse_caption(other) != parse_caption(caption)
+
+
+def test_caption_noise_changes_one_colour_word_of_the_chosen_fraction():
+    rng = random.Random(2)
+    captions = [sample_scene(rng).caption for _ in range(200)]
+    noisy = mislabel_colors(captions, 0.25, seed=3)
+    assert noisy == mislabel_colors(captions, 0.25, seed=3) and noisy != mislabel_colors(captions, 0.25, seed=4)
+    changed = [(true, wrong) for true, wrong in zip(captions, noisy) if true != wrong]
+    assert len(changed) == 50
+    for true, wrong in changed:
+        differing = [(a, b) for a, b in zip(true.split(), wrong.split()) if a != b]
+        assert len(differing) == 1
+        (before, after), = differing
+        assert before in ("red", "green", "blue", "yellow", "purple", "orange") and after != before
+        assert len(parse_caption(wrong)) == len(parse_caption(true))
+    assert mislabel_colors(captions, 0.0, seed=3) == captions
+    with pytest.raises(ValueError, match="names no colour"):
+        mislabel_colors(["a circle"], 1.0, seed=0)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
+        mislabel_colors(captions, 1.5, seed=0)
 
 
 def test_fraction_right_counts_stated_attributes():
