@@ -14,7 +14,8 @@ scenes of :mod:`diffalign.shapes`:
    learned position words; ``--position-embedding --noise-schedule zero-snr-v`` trains a
    :class:`~diffalign.unets.PositionalUNet2DConditionModel` (a learned absolute-position embedding)
    on SD's betas rescaled to zero terminal SNR with v-prediction (Lin et al. 2024), which does
-   (docs/embedded-model.md);
+   (docs/embedded-model.md); ``--caption-noise F`` gives a fraction F of the training captions a wrong
+   colour word (web-style label noise), for a model whose colour errors vary from seed to seed;
 4. the pipeline is saved with ``save_pretrained`` (safetensors, DDIM scheduler with the training
    schedule) and the checker measures its samples on held-out scenes: the numbers go to
    ``<out>/pretrain_report.json``.
