@@ -289,4 +289,3 @@ def mislabel_colors(captions: list[str], fraction: float, seed: int) -> list[str
         words[position] = rng.choice([color for color in COLORS if color != words[position]])
         noisy[index] = " ".join(words)
     return noisy
-
