@@ -201,8 +201,8 @@ def run_variant(out: Path, name: str, captions: int, images: int, selection: str
             pipeline.load_lora_weights(folder / "dpo")
     else:
         pipeline = load_eval_pipeline(model, device="cpu", unet=str(folder / "dpo" / "unet"))
-    result = {"name": name, "model": model, "captions": captions, "images": images, "selection": selection, "margin": margin,
-              "label_scorer": label_scorer,
+    result = {"name": name, "model": model, "captions": captions, "images": images, "selection": selection,
+              "margin": margin, "label_scorer": label_scorer,
               "pairs_file": pairs_file, "ranked_file": ranked_file, "trainer": trainer, "overrides": overrides,
               "labels": labels, "final_loss": final.get("loss"), "final": final}
     evaluations = [("held_out", load_prompt_set("shapes-demo"), 1000),
