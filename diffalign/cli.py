@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = commands.add_parser("demo", help="end-to-end demo on the tiny embedded model (CPU, minutes)")
     demo.add_argument("--out", default="outputs/demo", help="output folder")
-    demo.add_argument("--steps", type=int, default=200, help="optimizer steps of dpo and rank-dpo")
+    demo.add_argument("--steps", type=int, default=None,
+                      help="optimizer steps of dpo and rank-dpo (default: DemoSettings.dpo_steps)")
     demo.add_argument("--methods", default="dpo",
                       help="comma-separated methods to train and compare: dpo, rank-dpo, draft-k, d3po "
                            "(each adds several minutes on a 2-core CPU; see docs/embedded-model.md)")
@@ -436,10 +437,11 @@ def _run(args) -> int:
 
         settings = DemoSettings(train_prompts=args.train_prompts, images_per_prompt=args.images_per_prompt,
                                 eval_images_per_prompt=args.eval_images_per_prompt, eval_limit=args.eval_limit,
-                                num_inference_steps=args.inference_steps, dpo_steps=args.steps, seed=args.seed,
+                                num_inference_steps=args.inference_steps, seed=args.seed,
                                 methods=tuple(method.strip() for method in args.methods.split(",") if method.strip()),
                                 **({"model": args.model} if args.model else {}),
                                 **({"margin": args.margin} if args.margin is not None else {}),
+                                **({"dpo_steps": args.steps} if args.steps is not None else {}),
                                 **({"guidance_scale": args.guidance} if args.guidance is not None else {}))
         run_demo(args.out, settings, args.overrides)
     elif args.command == "train" and args.method == "d3po":

@@ -55,7 +55,7 @@ class DemoSettings:
     num_inference_steps: int = 20
     guidance_scale: float = 5.0
     margin: float = 2.0
-    dpo_steps: int = 200  # dpo and rank-dpo; the online methods' steps are in METHODS
+    dpo_steps: int = 600  # dpo and rank-dpo; the online methods' steps are in METHODS
     seed: int = 0
     methods: tuple[str, ...] = ("dpo",)
 

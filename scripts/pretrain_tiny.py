@@ -9,13 +9,14 @@ scenes of :mod:`diffalign.shapes`:
 2. a dataset of captioned scenes is encoded once (posterior means x scaling factor);
 3. UNet and the CLIP text encoder (``CLIPTextModel`` with a word-level CLIP tokenizer) trained
    together with the standard denoising loss, 10% of captions dropped to "" for classifier-free
-   guidance, an EMA of both (diffusers ``EMAModel``) is what gets shipped. By default the UNet is the
-   stock ``UNet2DConditionModel`` with SD 1.x's epsilon schedule (the shipped model), which never
-   learned position words; ``--position-embedding --noise-schedule zero-snr-v`` trains a
-   :class:`~diffalign.unets.PositionalUNet2DConditionModel` (a learned absolute-position embedding)
-   on SD's betas rescaled to zero terminal SNR with v-prediction (Lin et al. 2024), which does
-   (docs/embedded-model.md); ``--caption-noise F`` gives a fraction F of the training captions a wrong
-   colour word (web-style label noise), for a model whose colour errors vary from seed to seed;
+   guidance, an EMA of both (diffusers ``EMAModel``) is what gets shipped. The defaults are the shipped
+   model: a :class:`~diffalign.unets.PositionalUNet2DConditionModel` (a learned absolute-position
+   embedding) on SD's betas rescaled to zero terminal SNR with v-prediction (Lin et al. 2024), so that
+   it reads position words, trained 900 steps on captions of which half name a wrong colour
+   (``--caption-noise 0.5``, web-style label noise), so that its colour errors vary from seed to seed
+   and alignment has something to fix. ``--no-position-embedding --noise-schedule sd-epsilon
+   --caption-noise 0 --steps 2000`` is the first shipped model (a stock ``UNet2DConditionModel`` with SD
+   1.x's epsilon schedule), which never learned position words (docs/embedded-model.md);
 4. the pipeline is saved with ``save_pretrained`` (safetensors, DDIM scheduler with the training
    schedule) and the checker measures its samples on held-out scenes: the numbers go to
    ``<out>/pretrain_report.json``.
@@ -262,19 +263,20 @@ def main() -> None:
     parser.add_argument("--vae-steps", type=int, default=500)
     parser.add_argument("--vae-batch-size", type=int, default=32)
     parser.add_argument("--scenes", type=int, default=40000, help="captioned scenes encoded for the UNet stage")
-    parser.add_argument("--steps", type=int, default=1200, help="UNet + text encoder steps")
+    parser.add_argument("--steps", type=int, default=900, help="UNet + text encoder steps")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--unet-channels", default="64,128",
                         help="UNet channels per level, comma-separated (one cross-attention level each)")
-    parser.add_argument("--position-embedding", action="store_true",
-                        help="a PositionalUNet2DConditionModel: the stock UNet plus a learned absolute-position embedding")
-    parser.add_argument("--noise-schedule", choices=tuple(NOISE_SCHEDULES), default="sd-epsilon",
+    parser.add_argument("--position-embedding", action=argparse.BooleanOptionalAction, default=True,
+                        help="a PositionalUNet2DConditionModel: the stock UNet plus a learned absolute-position "
+                             "embedding (--no-position-embedding: the stock UNet, as in the first shipped model)")
+    parser.add_argument("--noise-schedule", choices=tuple(NOISE_SCHEDULES), default="zero-snr-v",
                         help="zero-snr-v: zero terminal SNR, v-prediction, trailing timesteps; sd-epsilon: SD 1.x's")
-    parser.add_argument("--caption-noise", type=float, default=0.0,
+    parser.add_argument("--caption-noise", type=float, default=0.5,
                         help="fraction of the training captions whose colour word is replaced by a wrong one "
                              "(web-style label noise; the checker's evaluation captions stay true)")
     parser.add_argument("--eval-every", type=int, default=300)
-    parser.add_argument("--eval-images", type=int, default=256, help="held-out captions for the final checker numbers")
+    parser.add_argument("--eval-images", type=int, default=128, help="held-out captions for the final checker numbers")
     args = parser.parse_args()
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)

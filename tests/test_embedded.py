@@ -32,9 +32,9 @@ def test_shipped_pipeline_loads_with_from_pretrained_and_draws_the_prompt():
                       generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))]).images
     assert all(image.size == (shapes.SIZE, shapes.SIZE) for image in images)
     results = [shapes.check(image, prompt) for image, prompt in zip(images, prompts)]
-    shape_accuracy = np.mean([r.attribute_accuracy("shape") for r in results])
-    assert shape_accuracy > 1 / len(shapes.SHAPES) + 0.15  # well above chance (1/3)
-    assert np.mean([r.correct for r in results]) > 0.2
+    color_accuracy = np.mean([r.attribute_accuracy("color") for r in results])
+    assert color_accuracy > 1 / len(shapes.COLORS) + 0.15  # well above chance (1/6), though trained on noisy colours
+    assert np.mean([r.correct for r in results]) > 0.1
 
 
 def test_shipped_scorer_prefers_the_right_image_of_a_caption():
@@ -133,5 +133,6 @@ def test_word_probe_finds_the_words_the_shipped_denoiser_uses():
     pipeline = StableDiffusionPipeline.from_pretrained(asset("models", "shapes-sd"))
     ratios = module["word_sensitivity"](pipeline, scenes=48, seed=5, batch_size=48)
     assert set(ratios) == {"colour", "shape", "size", "position"}
-    assert ratios["colour"]["t>=500"] > 1.5 and ratios["shape"]["t>=500"] > 1.3
-    assert abs(ratios["position"]["t>=500"] - 1) < 0.05  # the shipped model ignores position words
+    assert ratios["shape"]["t>=500"] > 1.3 and ratios["size"]["t>=500"] > 1.3
+    assert ratios["position"]["t>=500"] > 1.5  # the first shipped model ignored position words (1.00); this one reads them
+    assert 1.05 < ratios["colour"]["t>=500"] < ratios["shape"]["t>=500"]  # half its training colour words were wrong

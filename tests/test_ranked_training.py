@@ -55,7 +55,9 @@ def test_k2_ranked_training_equals_pairwise_dpo(tmp_path, tiny_sd, weighting):
     pair_loss, pair_metrics = batch_loss(pairwise)
     rank_loss, rank_metrics = batch_loss(ranked)
     assert pair_loss.item() != pytest.approx(math.log(2.0), abs=1e-4)
-    assert rank_loss.item() == pytest.approx(pair_loss.item(), rel=1e-5)
+    # CPU convolution kernels differ with the batch's size and order, and beta (5000) amplifies the last bits of
+    # the error differences: 1e-4 relative was measured on a 2-core Xeon; a wrong reduction is off by far more
+    assert rank_loss.item() == pytest.approx(pair_loss.item(), rel=1e-3)
     assert rank_metrics["implicit_acc"].item() == pytest.approx(pair_metrics["implicit_acc"].item())
     pair_loss.backward()
     rank_loss.backward()
@@ -72,7 +74,7 @@ def test_unet_micro_batches_give_the_same_loss(tmp_path, tiny_sd):
         trainer.setup()
         perturb_lora(trainer)
         losses.append(batch_loss(trainer)[0].item())
-    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3)  # kernels differ by batch size (see above)
 
 
 def test_cli_rank_dpo_trains_and_saves_a_lora(tmp_path, tiny_sd):
