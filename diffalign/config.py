@@ -118,8 +118,8 @@ class TrainConfig(OptimizerConfig):
     positive_lambda: float = _opt(0.0, "DPO-Positive penalty: logit -= 0.5*beta*lambda*relu(err_w - ref_err_w) "
                                        "(0 = Diffusion-DPO); keeps the winners' error from growing.")
     min_timestep: int = _opt(0, "Training timesteps are uniform over [min_timestep, T); > 0 trains only the noisier "
-                                "steps, where layout, composition and (on the embedded model) colour are decided (0 = the paper's "
-                                "uniform range).")
+                                "steps, where layout, composition and (on the embedded model) colour are decided "
+                                "(0 = the paper's uniform range).")
     batch_size: int = _opt(1, "Pairs per device per micro-step.")
     gradient_accumulation_steps: int = _opt(1, "Micro-steps per optimizer step (ignored if total_batch_size is set).")
     total_batch_size: int | None = _opt(None, "Pairs per optimizer step over all devices; derives gradient accumulation.")

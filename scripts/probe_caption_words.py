@@ -8,6 +8,12 @@ the same kind (colour, shape, size or position; positions go to the opposite sid
 Printed per kind and per half of the noise schedule: the mean ratio swapped / true error. A ratio of 1
 means the denoiser ignores that kind of word: no preference about it can be learned by re-weighting
 what the model already draws, and alignment has nothing to work with there.
+
+    python scripts/probe_caption_words.py --colour-decision
+
+When is the colour decided while sampling? Each image is sampled with one caption for its first k
+DDIM steps and the same caption with another colour word for the rest (the same initial noise for
+every k); printed per k: how often the checker finds the first caption's colour and the second's.
 """
 
 from __future__ import annotations
@@ -80,13 +86,57 @@ def word_sensitivity(pipeline: StableDiffusionPipeline, scenes: int, seed: int, 
             for kind in KINDS if ratios[(kind, HALVES[0])]}
 
 
+def colour_decision(pipeline: StableDiffusionPipeline, count: int, seed: int, switch_after: list[int],
+                    steps: int = 20, guidance_scale: float = 5.0) -> dict[int, dict[str, float]]:
+    """{k: {"first": colour accuracy for the first caption, "second": for the second}}: ``count`` one-object
+    captions, each sampled with its own colour for the first k of ``steps`` DDIM steps and with the next colour
+    (:func:`swap_word`) after that; k = 0 is the second caption throughout, k = steps the first."""
+    rng = random.Random(seed)
+    first = [shapes.sample_scene(rng, two_object_fraction=0.0).caption for _ in range(count)]
+    second = [" ".join(swap_word(w) if w in shapes.COLORS else w for w in caption.split()) for caption in first]
+    second_embeds = pipeline.encode_prompt(second, "cpu", 1, do_classifier_free_guidance=True)
+
+    def images_switched_after(k: int) -> list:
+        def switch(pipe, step_index, timestep, tensors):
+            if step_index + 1 != k:
+                return {}
+            return {"prompt_embeds": torch.cat([second_embeds[1], second_embeds[0]])}  # [unconditional, text]
+
+        return pipeline(first if k > 0 else second, num_inference_steps=steps, guidance_scale=guidance_scale,
+                        height=shapes.SIZE, width=shapes.SIZE, callback_on_step_end=switch,
+                        callback_on_step_end_tensor_inputs=["prompt_embeds"],
+                        generator=[torch.Generator().manual_seed(seed + i) for i in range(count)]).images
+
+    result = {}
+    for k in switch_after:
+        images = images_switched_after(k)
+        result[k] = {name: float(np.mean([shapes.check(image, caption).attribute_accuracy("color")
+                                          for image, caption in zip(images, captions)]))
+                     for name, captions in (("first", first), ("second", second))}
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(asset("models", "shapes-sd")), help="shapes pipeline folder")
     parser.add_argument("--scenes", type=int, default=384, help="one-object true renders")
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--colour-decision", action="store_true",
+                        help="instead: switch the caption's colour word after k of 20 DDIM steps (guidance 5)")
+    parser.add_argument("--images", type=int, default=96, help="captions sampled per k (--colour-decision)")
     args = parser.parse_args()
     pipeline = StableDiffusionPipeline.from_pretrained(args.model, safety_checker=None, requires_safety_checker=False)
+    pipeline.set_progress_bar_config(disable=True)
+    if args.colour_decision:
+        pipeline.scheduler.set_timesteps(20)
+        timesteps = pipeline.scheduler.timesteps.tolist()
+        result = colour_decision(pipeline, args.images, args.seed, [0, 1, 2, 3, 4, 6, 8, 12, 20])
+        print("| steps with the first caption | last of them, t | first caption's colour | second caption's colour |"
+              "\n|---|---|---|---|")
+        for k, row in result.items():
+            print(f"| {k} | {timesteps[k - 1] if k else '-'} | {row['first']:.2f} | {row['second']:.2f} |")
+        print(json.dumps({"model": args.model, "images": args.images, "seed": args.seed, "colour_decision": result}))
+        return
     result = word_sensitivity(pipeline, args.scenes, args.seed)
     print("| word swapped | captions | error ratio, t < 500 | error ratio, t >= 500 |\n|---|---|---|---|")
     for kind, row in result.items():

@@ -134,5 +134,25 @@ def test_word_probe_finds_the_words_the_shipped_denoiser_uses():
     ratios = module["word_sensitivity"](pipeline, scenes=48, seed=5, batch_size=48)
     assert set(ratios) == {"colour", "shape", "size", "position"}
     assert ratios["shape"]["t>=500"] > 1.3 and ratios["size"]["t>=500"] > 1.3
-    assert ratios["position"]["t>=500"] > 1.5  # the first shipped model ignored position words (1.00); this one reads them
+    assert ratios["position"]["t>=500"] > 1.5  # the first shipped model ignored position words (1.00)
     assert 1.05 < ratios["colour"]["t>=500"] < ratios["shape"]["t>=500"]  # half its training colour words were wrong
+
+
+def test_colour_decision_probe_switches_the_caption_mid_sampling():
+    module = runpy.run_path(str(asset("..", "scripts", "probe_caption_words.py")))
+    pipeline = StableDiffusionPipeline.from_pretrained(asset("models", "shapes-sd"))
+    pipeline.set_progress_bar_config(disable=True)
+    result = module["colour_decision"](pipeline, count=6, seed=3, switch_after=[0, 1, 3], steps=3)
+    assert set(result) == {0, 1, 3} and all(set(row) == {"first", "second"} for row in result.values())
+    # k = steps never switches, k = 0 samples the second caption throughout: both equal plain sampling
+    rng = random.Random(3)
+    first = [shapes.sample_scene(rng, two_object_fraction=0.0).caption for _ in range(6)]
+    second = [" ".join(module["swap_word"](w) if w in shapes.COLORS else w for w in c.split()) for c in first]
+    for k, captions in ((3, first), (0, second)):
+        images = pipeline(captions, num_inference_steps=3, guidance_scale=5.0,
+                          generator=[torch.Generator().manual_seed(3 + i) for i in range(6)]).images
+        expected = np.mean([shapes.check(image, caption).attribute_accuracy("color")
+                            for image, caption in zip(images, first)])
+        assert result[k]["first"] == pytest.approx(expected)
+    assert result[1] != result[3]  # switching after the first step changes the images
+
