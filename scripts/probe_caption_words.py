@@ -86,14 +86,23 @@ def word_sensitivity(pipeline: StableDiffusionPipeline, scenes: int, seed: int, 
             for kind in KINDS if ratios[(kind, HALVES[0])]}
 
 
-def colour_decision(pipeline: StableDiffusionPipeline, count: int, seed: int, switch_after: list[int],
-                    steps: int = 20, guidance_scale: float = 5.0) -> dict[int, dict[str, float]]:
-    """{k: {"first": colour accuracy for the first caption, "second": for the second}}: ``count`` one-object
-    captions, each sampled with its own colour for the first k of ``steps`` DDIM steps and with the next colour
-    (:func:`swap_word`) after that; k = 0 is the second caption throughout, k = steps the first."""
+DECISION_STEPS = 20  # DDIM steps of --colour-decision, as in the demo
+
+
+def colour_swapped_captions(count: int, seed: int) -> tuple[list[str], list[str]]:
+    """``count`` seeded one-object captions, and the same captions with the next colour (:func:`swap_word`)."""
     rng = random.Random(seed)
     first = [shapes.sample_scene(rng, two_object_fraction=0.0).caption for _ in range(count)]
-    second = [" ".join(swap_word(w) if w in shapes.COLORS else w for w in caption.split()) for caption in first]
+    return first, [" ".join(swap_word(w) if w in shapes.COLORS else w for w in caption.split()) for caption in first]
+
+
+def colour_decision(pipeline: StableDiffusionPipeline, count: int, seed: int, switch_after: list[int],
+                    steps: int = DECISION_STEPS, guidance_scale: float = 5.0) -> dict[int, dict[str, float]]:
+    """{k: {"first": colour accuracy for the first caption, "second": for the second}} over the captions of
+    :func:`colour_swapped_captions`, each image sampled with the first caption for its first k of ``steps`` DDIM
+    steps and with the second after that (image i seeded ``seed + i`` for every k); k = 0 is the second caption
+    throughout, k = steps the first."""
+    first, second = colour_swapped_captions(count, seed)
     second_embeds = pipeline.encode_prompt(second, "cpu", 1, do_classifier_free_guidance=True)
 
     def images_switched_after(k: int) -> list:
@@ -122,15 +131,15 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=384, help="one-object true renders")
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--colour-decision", action="store_true",
-                        help="instead: switch the caption's colour word after k of 20 DDIM steps (guidance 5)")
+                        help=f"instead: switch the caption's colour word after k of {DECISION_STEPS} DDIM steps (guidance 5)")
     parser.add_argument("--images", type=int, default=96, help="captions sampled per k (--colour-decision)")
     args = parser.parse_args()
     pipeline = StableDiffusionPipeline.from_pretrained(args.model, safety_checker=None, requires_safety_checker=False)
     pipeline.set_progress_bar_config(disable=True)
     if args.colour_decision:
-        pipeline.scheduler.set_timesteps(20)
+        pipeline.scheduler.set_timesteps(DECISION_STEPS)
         timesteps = pipeline.scheduler.timesteps.tolist()
-        result = colour_decision(pipeline, args.images, args.seed, [0, 1, 2, 3, 4, 6, 8, 12, 20])
+        result = colour_decision(pipeline, args.images, args.seed, [0, 1, 2, 3, 4, 6, 8, 12, DECISION_STEPS])
         print("| steps with the first caption | last of them, t | first caption's colour | second caption's colour |"
               "\n|---|---|---|---|")
         for k, row in result.items():

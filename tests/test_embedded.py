@@ -145,9 +145,10 @@ def test_colour_decision_probe_switches_the_caption_mid_sampling():
     result = module["colour_decision"](pipeline, count=6, seed=3, switch_after=[0, 1, 3], steps=3)
     assert set(result) == {0, 1, 3} and all(set(row) == {"first", "second"} for row in result.values())
     # k = steps never switches, k = 0 samples the second caption throughout: both equal plain sampling
-    rng = random.Random(3)
-    first = [shapes.sample_scene(rng, two_object_fraction=0.0).caption for _ in range(6)]
-    second = [" ".join(module["swap_word"](w) if w in shapes.COLORS else w for w in c.split()) for c in first]
+    first, second = module["colour_swapped_captions"](6, 3)
+    for a, b in zip(first, second):  # exactly one word differs, a colour in both
+        changed = [(x, y) for x, y in zip(a.split(), b.split(), strict=True) if x != y]
+        assert len(changed) == 1 and all(word in shapes.COLORS for word in changed[0])
     for k, captions in ((3, first), (0, second)):
         images = pipeline(captions, num_inference_steps=3, guidance_scale=5.0,
                           generator=[torch.Generator().manual_seed(3 + i) for i in range(6)]).images
@@ -155,4 +156,3 @@ def test_colour_decision_probe_switches_the_caption_mid_sampling():
                             for image, caption in zip(images, first)])
         assert result[k]["first"] == pytest.approx(expected)
     assert result[1] != result[3]  # switching after the first step changes the images
-
